@@ -1,0 +1,68 @@
+//! The TOML file format, as serde sees it. Never used outside `config/`: the loader turns it into
+//! runtime types that cannot hold an invalid value.
+//!
+//! Every table rejects unknown keys, so a typo is an error instead of a silently ignored setting.
+//! Values that need checking after parsing are `Spanned`, so the error can name their line.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfigFile {
+    pub(super) server: ServerTable,
+    pub(super) upstream_tls: UpstreamTlsTable,
+    #[serde(default)]
+    pub(super) timeouts: TimeoutsTable,
+    #[serde(default, rename = "route")]
+    pub(super) routes: Vec<RouteEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerTable {
+    pub(super) listen: Spanned<String>,
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
+    pub(super) shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTlsTable {
+    pub(super) ca: Spanned<OneOrMany>,
+}
+
+/// `ca = "file"` or `ca = ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a file path or an array of file paths")]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(super) fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(many) => many,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TimeoutsTable {
+    pub(super) connect: Option<Spanned<String>>,
+    pub(super) response: Option<Spanned<String>>,
+    pub(super) client_header: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteEntry {
+    pub(super) prefix: Spanned<String>,
+    pub(super) upstream: Spanned<String>,
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) preserve_host: Option<bool>,
+}

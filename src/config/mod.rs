@@ -1,0 +1,492 @@
+//! Configuration: read the TOML file, check every value, load every file it names and build the
+//! runtime types the proxy uses. `trustgate check` and `trustgate run` share this one loader.
+//!
+//! The loader does not stop at the first mistake: it collects every problem, each with the file,
+//! line and key, so one `check` run shows everything to fix.
+
+mod error;
+mod file;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, ServerConfig};
+use toml::Spanned;
+
+pub use self::error::{ConfigError, Problem};
+use self::file::ConfigFile;
+use crate::routing::{Prefix, Route, RouteTable, Upstream};
+use crate::tls;
+
+/// A fully loaded, valid configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    pub server: Server,
+    pub upstream_tls: UpstreamTls,
+    pub timeouts: Timeouts,
+    pub routes: RouteTable,
+}
+
+/// `[server]`: the public listener.
+#[derive(Debug)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The public certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub tls: Arc<ServerConfig>,
+    /// How long in-flight requests may run after SIGTERM / SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// `[upstream_tls]`: the internal CA, the only trust anchors for upstreams.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub ca_files: Vec<PathBuf>,
+    pub anchors: Vec<CertificateDer<'static>>,
+    /// Client config trusting `anchors` only; ALPN is left to the connector.
+    pub client: ClientConfig,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake to an upstream; past it the client gets 502.
+    pub connect: Duration,
+    /// Request sent to response headers received; past it the client gets 504.
+    pub response: Duration,
+    /// The client's TLS handshake and request head must arrive within this.
+    pub client_header: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response: Duration::from_secs(60),
+            client_header: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Default for `[server] shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// Loads `path` and every file it names. Relative paths resolve against the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: path.into(),
+                line: None,
+                key: None,
+                reason: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Loads a configuration from TOML text; `path` names it in errors and anchors relative paths.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let mut loader = Loader {
+            path,
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            text,
+            problems: Vec::new(),
+        };
+        let parsed = match toml::from_str::<ConfigFile>(text) {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                let key = e.span().and_then(|span| key_at(text, span.start));
+                loader.report(e.span(), key, e.message().trim());
+                None
+            }
+        };
+        let config = parsed.and_then(|file| loader.build(file));
+        match config {
+            Some(config) if loader.problems.is_empty() => Ok(config),
+            _ => {
+                let mut problems = loader.problems;
+                problems.sort_by_key(|p| p.line.unwrap_or(0));
+                Err(ConfigError { problems })
+            }
+        }
+    }
+
+    /// A human summary of what was loaded, printed by `trustgate check`.
+    pub fn summary(&self) -> impl fmt::Display + '_ {
+        Summary(self)
+    }
+}
+
+struct Loader<'a> {
+    path: &'a Path,
+    dir: PathBuf,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Loader<'_> {
+    fn build(&mut self, file: ConfigFile) -> Option<Config> {
+        let server = self.server(file.server);
+        let upstream_tls = self.upstream_tls(file.upstream_tls);
+        let timeouts = self.timeouts(&file.timeouts);
+        let routes = self.routes(file.routes);
+        Some(Config {
+            path: self.path.to_path_buf(),
+            server: server?,
+            upstream_tls: upstream_tls?,
+            timeouts,
+            routes: routes?,
+        })
+    }
+
+    fn server(&mut self, table: file::ServerTable) -> Option<Server> {
+        let listen = table.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{:?} is not an address:port such as \"0.0.0.0:8443\"",
+                table.listen.get_ref()
+            )
+        });
+        let listen = self.check(&table.listen, "server.listen", listen);
+        let shutdown_grace = self.duration(
+            table.shutdown_grace.as_ref(),
+            "server.shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+        );
+        let cert = self.resolve(table.cert.get_ref());
+        let key = self.resolve(table.key.get_ref());
+        let chain = tls::load_certs(&cert);
+        let chain = self.check(&table.cert, "server.cert", chain);
+        let private_key = tls::load_key(&key);
+        let private_key = self.check(&table.key, "server.key", private_key);
+        let tls = match (&chain, private_key) {
+            (Some(chain), Some(private_key)) => {
+                let built = tls::server::config(chain.clone(), private_key).map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => format!(
+                        "the private key in {} does not match the certificate in {}",
+                        key.display(),
+                        cert.display()
+                    ),
+                    other => format!(
+                        "cannot use {} with {}: {other}",
+                        cert.display(),
+                        key.display()
+                    ),
+                });
+                self.check(&table.key, "server.key", built)
+            }
+            _ => None,
+        };
+        Some(Server {
+            listen: listen?,
+            cert,
+            key,
+            chain: chain?,
+            tls: tls?,
+            shutdown_grace,
+        })
+    }
+
+    fn upstream_tls(&mut self, table: file::UpstreamTlsTable) -> Option<UpstreamTls> {
+        let files = table.ca.get_ref().as_slice();
+        if files.is_empty() {
+            self.report(
+                Some(table.ca.span()),
+                Some("upstream_tls.ca".into()),
+                "names no file: the internal CA certificate is required",
+            );
+            return None;
+        }
+        let mut ca_files = Vec::new();
+        let mut anchors = Vec::new();
+        let mut complete = true;
+        for raw in files {
+            let path = self.resolve(raw);
+            match self.check(&table.ca, "upstream_tls.ca", tls::load_ca_certs(&path)) {
+                Some(certs) => anchors.extend(certs),
+                None => complete = false,
+            }
+            ca_files.push(path);
+        }
+        if !complete {
+            return None;
+        }
+        let client = tls::client::config(&anchors);
+        let client = self.check(&table.ca, "upstream_tls.ca", client)?;
+        Some(UpstreamTls {
+            ca_files,
+            anchors,
+            client,
+        })
+    }
+
+    fn timeouts(&mut self, table: &file::TimeoutsTable) -> Timeouts {
+        let default = Timeouts::default();
+        Timeouts {
+            connect: self.duration(table.connect.as_ref(), "timeouts.connect", default.connect),
+            response: self.duration(
+                table.response.as_ref(),
+                "timeouts.response",
+                default.response,
+            ),
+            client_header: self.duration(
+                table.client_header.as_ref(),
+                "timeouts.client_header",
+                default.client_header,
+            ),
+        }
+    }
+
+    fn routes(&mut self, entries: Vec<file::RouteEntry>) -> Option<RouteTable> {
+        if entries.is_empty() {
+            self.report(
+                None,
+                Some("route".into()),
+                "no [[route]] is defined: every request would get 404",
+            );
+            return None;
+        }
+        let mut routes = Vec::new();
+        let mut prefixes: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<String, (SocketAddr, usize)> = HashMap::new();
+        let mut complete = true;
+        for (i, entry) in entries.into_iter().enumerate() {
+            let key = |field: &str| format!("route[{i}].{field}");
+            let prefix = self.check(
+                &entry.prefix,
+                &key("prefix"),
+                Prefix::parse(entry.prefix.get_ref()),
+            );
+            let upstream = self.check(
+                &entry.upstream,
+                &key("upstream"),
+                Upstream::parse(entry.upstream.get_ref()),
+            );
+            let address = entry.address.as_ref().and_then(|raw| {
+                let parsed = raw.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    format!(
+                        "{:?} is not an ip:port such as \"10.0.0.5:8443\"",
+                        raw.get_ref()
+                    )
+                });
+                self.check(raw, &key("address"), parsed)
+            });
+            if entry.address.is_some() && address.is_none() {
+                complete = false;
+            }
+            let (Some(prefix), Some(upstream)) = (prefix, upstream) else {
+                complete = false;
+                continue;
+            };
+            let line = self.line(entry.prefix.span().start);
+            if let Some(first) = prefixes.insert(prefix.as_str().to_owned(), line) {
+                self.report(
+                    Some(entry.prefix.span()),
+                    Some(key("prefix")),
+                    format!("prefix \"{prefix}\" is already routed on line {first}"),
+                );
+                complete = false;
+            }
+            if let Some(address) = address {
+                // One upstream host:port must reach one address, or connections pooled for one
+                // route would be reused for another.
+                let target = upstream.authority().as_str().to_ascii_lowercase();
+                match addresses.get(&target) {
+                    Some((other, other_line)) if *other != address => {
+                        self.report(
+                            entry.address.as_ref().map(Spanned::span),
+                            Some(key("address")),
+                            format!(
+                                "{target} already connects to {other} (line {other_line}); \
+                                 one upstream can have only one address"
+                            ),
+                        );
+                        complete = false;
+                    }
+                    _ => {
+                        addresses.insert(target, (address, line));
+                    }
+                }
+            }
+            routes.push(Route {
+                prefix,
+                upstream,
+                address,
+                preserve_host: entry.preserve_host.unwrap_or(true),
+            });
+        }
+        complete.then(|| RouteTable::new(routes))
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else {
+            return default;
+        };
+        let parsed = humantime::parse_duration(value.get_ref())
+            .map_err(|e| {
+                format!(
+                    "{:?} is not a duration such as \"5s\" or \"1m 30s\": {e}",
+                    value.get_ref()
+                )
+            })
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than zero".to_owned())
+                } else {
+                    Ok(d)
+                }
+            });
+        self.check(value, key, parsed).unwrap_or(default)
+    }
+
+    /// Keeps the value, or records the error against `spanned`'s line and `key`.
+    fn check<S, T, E: fmt::Display>(
+        &mut self,
+        spanned: &Spanned<S>,
+        key: &str,
+        result: Result<T, E>,
+    ) -> Option<T> {
+        result
+            .map_err(|e| self.report(Some(spanned.span()), Some(key.into()), e))
+            .ok()
+    }
+
+    fn report(
+        &mut self,
+        span: Option<Range<usize>>,
+        key: Option<String>,
+        reason: impl fmt::Display,
+    ) {
+        self.problems.push(Problem {
+            file: self.path.to_path_buf(),
+            line: span.map(|s| self.line(s.start)),
+            key,
+            reason: reason.to_string(),
+        });
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        line_of(self.text, offset)
+    }
+
+    fn resolve(&self, raw: &str) -> PathBuf {
+        let path = Path::new(raw);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join(path)
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key (`server.listen`, `route[1].prefix`) of the `key = value` line holding
+/// `offset`, for parse errors that point at a value without naming its key.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let mut table = String::new();
+    let mut array_counts: HashMap<&str, usize> = HashMap::new();
+    for header in text[..line_start].lines().map(str::trim) {
+        if let Some(name) = header.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            let name = name.0.trim();
+            let count = array_counts.entry(name).or_default();
+            table = format!("{name}[{count}]");
+            *count += 1;
+        } else if let Some(name) = header.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            table = name.0.trim().to_owned();
+        }
+    }
+    Some(if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+struct Summary<'a>(&'a Config);
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = self.0;
+        writeln!(f, "config {}: OK", config.path.display())?;
+        writeln!(
+            f,
+            "listen {} with {} ({}, {} certificate(s) in the chain)",
+            config.server.listen,
+            config.server.cert.display(),
+            tls::subject(&config.server.chain[0]),
+            config.server.chain.len()
+        )?;
+        writeln!(
+            f,
+            "upstream trust anchors (the only CAs trusted for upstreams):"
+        )?;
+        for anchor in &config.upstream_tls.anchors {
+            writeln!(f, "  {}", tls::subject(anchor))?;
+        }
+        writeln!(f, "routes:")?;
+        for route in config.routes.iter() {
+            write!(
+                f,
+                "  {} -> {}  verified name \"{}\"",
+                route.prefix,
+                route.upstream,
+                route.upstream.host()
+            )?;
+            if let Some(address) = route.address {
+                write!(f, "  via {address}")?;
+            }
+            writeln!(
+                f,
+                "  host {}",
+                if route.preserve_host {
+                    "preserved"
+                } else {
+                    "rewritten"
+                }
+            )?;
+        }
+        let t = config.timeouts;
+        write!(
+            f,
+            "timeouts: connect {}, response {}, client header {}; shutdown grace {}",
+            humantime::format_duration(t.connect),
+            humantime::format_duration(t.response),
+            humantime::format_duration(t.client_header),
+            humantime::format_duration(config.server.shutdown_grace)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

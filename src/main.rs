@@ -1,0 +1,95 @@
+//! The `trustgate` binary: parse the command line, set up logging, dispatch, exit code.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, LogFormat};
+use trustgate::server::shutdown_signal;
+use trustgate::{Config, Gateway, demo, echo, tls};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("trustgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("trustgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(e) => return Ok(report_config_error(&e)),
+            };
+            let listen = config.server.listen;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen} ([server] listen)"))?;
+            tracing::info!(%listen, routes = config.routes.len(), "trustgate listening");
+            Gateway::new(&config)
+                .serve(listener, shutdown_signal())
+                .await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(config) => {
+                println!("{}", config.summary());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Ok(report_config_error(&e)),
+        },
+        Command::Demo { listen, dir } => {
+            demo::run(listen, dir).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo { listen, cert, key } => {
+            let tls = tls::server::config(tls::load_certs(&cert)?, tls::load_key(&key)?)
+                .with_context(|| format!("cannot use {} with {}", cert.display(), key.display()))?;
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            tracing::info!(%listen, "echo backend listening");
+            echo::serve(listener, tls, shutdown_signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report_config_error(error: &trustgate::config::ConfigError) -> ExitCode {
+    let count = error.problems.len();
+    eprintln!(
+        "trustgate: the configuration has {count} problem{}:",
+        if count == 1 { "" } else { "s" }
+    );
+    eprintln!("{error}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,267 @@
+//! Why a request was not proxied, the status code each reason maps to (in one place), and the
+//! one-line reason an operator can act on, classified from the rustls error when TLS failed.
+
+use std::error::Error as StdError;
+use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use rustls::CertificateError;
+use rustls::pki_types::UnixTime;
+
+use crate::upstream::{ConnectTimeout, TcpConnectError};
+
+/// A request that did not get an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the path")]
+    NoRoute,
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    /// Connecting, the TLS handshake, or the exchange with the upstream failed.
+    #[error("{}", describe(.0))]
+    Upstream(hyper_util::client::legacy::Error),
+    #[error("upstream sent no response headers within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("cannot build the upstream request: {0}")]
+    Internal(#[from] http::Error),
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Finds the most specific cause in an error chain and says it in words.
+///
+/// hyper-util reports only `client error (Connect)`; the cause sits deeper. `io::Error::source()`
+/// skips the error it wraps, so each `io::Error`'s payload is inspected through `get_ref()` too.
+pub fn describe(err: &(dyn StdError + 'static)) -> String {
+    let mut current = Some(err);
+    let mut innermost = err;
+    while let Some(e) = current {
+        if let Some(reason) = known_cause(e) {
+            return reason;
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
+            && let Some(reason) = known_cause(inner)
+        {
+            return reason;
+        }
+        innermost = e;
+        current = e.source();
+    }
+    if let Some(hyper) = err.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
+        if hyper.is_incomplete_message() {
+            return "the upstream closed the connection before sending a complete response".into();
+        }
+        if hyper.is_user() {
+            return format!("the request could not be sent: {hyper}");
+        }
+    }
+    format!("upstream exchange failed: {innermost}")
+}
+
+fn known_cause(e: &(dyn StdError + 'static)) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(describe_tls(tls));
+    }
+    if let Some(timeout) = e.downcast_ref::<ConnectTimeout>() {
+        return Some(timeout.to_string());
+    }
+    if let Some(connect) = e.downcast_ref::<TcpConnectError>() {
+        return Some(match connect.source.kind() {
+            io::ErrorKind::ConnectionRefused => {
+                format!(
+                    "connection refused by {}: is the service up?",
+                    connect.target
+                )
+            }
+            _ => connect.to_string(),
+        });
+    }
+    if let Some(io) = e.downcast_ref::<io::Error>()
+        && io.kind() == io::ErrorKind::UnexpectedEof
+    {
+        return Some("the upstream closed the connection during the TLS handshake".into());
+    }
+    None
+}
+
+fn describe_tls(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InvalidCertificate(cert) => describe_certificate(cert),
+        rustls::Error::AlertReceived(alert) => {
+            format!("the upstream aborted the TLS handshake with alert {alert:?}")
+        }
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            "the upstream did not answer with valid TLS: is it serving plain HTTP on this port?"
+                .into()
+        }
+        rustls::Error::PeerIncompatible(why) => {
+            format!("the upstream's TLS settings are incompatible: {why:?}")
+        }
+        other => format!("TLS handshake with the upstream failed: {other}"),
+    }
+}
+
+fn describe_certificate(err: &CertificateError) -> String {
+    match err {
+        CertificateError::NotValidForNameContext {
+            expected,
+            presented,
+        } => {
+            let names = presented
+                .iter()
+                .map(|name| format!("\"{}\"", unwrap_debug_name(name)))
+                .collect::<Vec<_>>();
+            let valid_for = if names.is_empty() {
+                "it carries no DNS or IP name in its SAN".to_owned()
+            } else {
+                format!("it is valid for {}", names.join(", "))
+            };
+            format!(
+                "certificate not valid for name \"{}\"; {valid_for}",
+                expected.to_str()
+            )
+        }
+        CertificateError::NotValidForName => "certificate not valid for the upstream's name".into(),
+        CertificateError::ExpiredContext { time, not_after } => format!(
+            "certificate expired {} ago (not valid after {})",
+            span(not_after, time),
+            date(not_after)
+        ),
+        CertificateError::Expired => "certificate expired".into(),
+        CertificateError::NotValidYetContext { time, not_before } => format!(
+            "certificate not valid yet: valid from {} (in {}); check the clocks",
+            date(not_before),
+            span(time, not_before)
+        ),
+        CertificateError::NotValidYet => "certificate not valid yet".into(),
+        CertificateError::UnknownIssuer => "unknown issuer: the certificate does not chain to \
+            [upstream_tls].ca (issued by another CA, self-signed, or the upstream does not send \
+            its intermediate)"
+            .into(),
+        CertificateError::BadSignature => "bad signature in the certificate chain".into(),
+        CertificateError::Revoked => "certificate revoked".into(),
+        CertificateError::UnknownRevocationStatus => {
+            "revocation status unknown: no CRL from the certificate's issuer".into()
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "certificate is not for server authentication (its extended key usage lacks serverAuth)"
+                .into()
+        }
+        CertificateError::BadEncoding => "certificate is malformed".into(),
+        other => {
+            let detail = format!("{other:?}");
+            if detail.contains("NameConstraintViolation") {
+                "certificate name is outside the names its CA may issue for (name constraints)"
+                    .into()
+            } else {
+                format!("certificate rejected: {detail}")
+            }
+        }
+    }
+}
+
+/// `DnsName("other-service")` -> `other-service`: rustls-webpki reports names in Debug form.
+fn unwrap_debug_name(name: &str) -> &str {
+    let inner = name
+        .split_once('(')
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or(name);
+    inner.trim_matches('"')
+}
+
+/// A coarse human duration from `earlier` to `later`: "2 days", "5 hours", "42 seconds".
+fn span(earlier: &UnixTime, later: &UnixTime) -> String {
+    let secs = later.as_secs().saturating_sub(earlier.as_secs());
+    let (n, unit) = match secs {
+        0..60 => (secs, "second"),
+        60..3600 => (secs / 60, "minute"),
+        3600..86400 => (secs / 3600, "hour"),
+        _ => (secs / 86400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+fn date(t: &UnixTime) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(t.as_secs());
+    humantime::format_rfc3339_seconds(at.max(SystemTime::UNIX_EPOCH)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn certificate_reasons_name_the_problem() {
+        let wrong_name = CertificateError::NotValidForNameContext {
+            expected: ServerName::try_from("backend-api").unwrap().to_owned(),
+            presented: vec![
+                "DnsName(\"other-service\")".into(),
+                "IpAddress(10.0.0.1)".into(),
+            ],
+        };
+        assert_eq!(
+            describe_certificate(&wrong_name),
+            "certificate not valid for name \"backend-api\"; it is valid for \"other-service\", \"10.0.0.1\""
+        );
+        let expired = CertificateError::ExpiredContext {
+            time: at(1_000_000 + 2 * 86400 + 5),
+            not_after: at(1_000_000),
+        };
+        assert!(describe_certificate(&expired).starts_with("certificate expired 2 days ago"));
+        let not_yet = CertificateError::NotValidYetContext {
+            time: at(1_000_000),
+            not_before: at(1_000_000 + 3 * 3600),
+        };
+        assert!(describe_certificate(&not_yet).contains("(in 3 hours)"));
+        assert!(
+            describe_certificate(&CertificateError::UnknownIssuer).starts_with("unknown issuer")
+        );
+    }
+
+    #[test]
+    fn statuses_are_pinned() {
+        assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ProxyError::BadRequest("x").status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ProxyError::Timeout(Duration::from_secs(1)).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn io_payloads_are_searched() {
+        let tls = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let io = io::Error::other(tls);
+        let wrapped = TcpConnectErrorLike(io);
+        assert!(describe(&wrapped).starts_with("unknown issuer"));
+        assert_eq!(span(&at(0), &at(1)), "1 second");
+        assert_eq!(span(&at(0), &at(120)), "2 minutes");
+    }
+
+    /// An error whose source is an io::Error carrying a rustls error, as tokio-rustls reports it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapper")]
+    struct TcpConnectErrorLike(#[source] io::Error);
+}

@@ -1,0 +1,282 @@
+//! Header rewriting on the way in and out: hop-by-hop headers dropped, `X-Forwarded-*` added,
+//! `Host` preserved or replaced, and redirects into the upstream mapped back to the public origin.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::routing::Route;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+];
+
+/// The protocol a client asks to switch to (`Connection: upgrade` plus `Upgrade: x`), if any.
+pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// What the request rewrite needs to know besides the headers.
+pub struct Forwarding<'a> {
+    pub route: &'a Route,
+    pub peer: IpAddr,
+    /// The `Host` (or HTTP/2 `:authority`) the client asked for.
+    pub client_host: Option<&'a HeaderValue>,
+    /// Set when the request upgrades the connection: the `Upgrade` value to keep.
+    pub upgrade: Option<HeaderValue>,
+}
+
+/// Rewrites request headers for the upstream.
+pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = &fwd.upgrade {
+        keep_upgrade(headers, protocol.clone());
+    }
+
+    let peer = fwd.peer.to_canonical().to_string();
+    let mut forwarded_for = String::new();
+    for earlier in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        forwarded_for.push_str(earlier.trim());
+        forwarded_for.push_str(", ");
+    }
+    forwarded_for.push_str(&peer);
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    match fwd.client_host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    let host = match fwd.client_host {
+        Some(client) if fwd.route.preserve_host => client,
+        _ => fwd.route.upstream.host_header(),
+    };
+    headers.insert(header::HOST, host.clone());
+}
+
+/// Rewrites response headers for the client.
+pub fn prepare_response(
+    headers: &mut HeaderMap,
+    route: &Route,
+    public_host: Option<&str>,
+    upgrade: Option<HeaderValue>,
+) {
+    strip_hop_by_hop(headers);
+    if let Some(protocol) = upgrade {
+        keep_upgrade(headers, protocol);
+    }
+    let Some(public_host) = public_host else {
+        return;
+    };
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let rewritten = headers
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|location| route.public_location(location, public_host))
+            .and_then(|public| HeaderValue::from_str(&public).ok());
+        if let Some(value) = rewritten {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Connection may name more hop-by-hop headers. Host and Content-Length are never taken from
+    // the message that way: losing them would change where or how the body is delivered.
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Prefix, Upstream};
+
+    fn route(preserve_host: bool) -> Route {
+        Route {
+            prefix: Prefix::parse("/api").unwrap(),
+            upstream: Upstream::parse("https://backend-api:8443/").unwrap(),
+            address: None,
+            preserve_host,
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn request_loses_hop_by_hop_and_gains_forwarding_headers() {
+        let route = route(true);
+        let host = HeaderValue::from_static("public.example:8443");
+        let mut h = headers(&[
+            ("host", "public.example:8443"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-host", "spoofed"),
+            ("accept", "*/*"),
+        ]);
+        let fwd = Forwarding {
+            route: &route,
+            peer: "192.0.2.1".parse().unwrap(),
+            client_host: Some(&host),
+            upgrade: None,
+        };
+        prepare_request(&mut h, &fwd);
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "public.example:8443");
+        assert_eq!(h["host"], "public.example:8443");
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn host_is_the_upstream_authority_without_preserve_host() {
+        let route = route(false);
+        let host = HeaderValue::from_static("public.example");
+        let mut h = headers(&[("host", "public.example")]);
+        let fwd = Forwarding {
+            route: &route,
+            peer: "::ffff:192.0.2.1".parse().unwrap(),
+            client_host: Some(&host),
+            upgrade: None,
+        };
+        prepare_request(&mut h, &fwd);
+        assert_eq!(h["host"], "backend-api:8443");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_content_length() {
+        let route = route(true);
+        let host = HeaderValue::from_static("h");
+        let mut h = headers(&[
+            ("host", "h"),
+            ("content-length", "3"),
+            ("connection", "host, content-length"),
+        ]);
+        let fwd = Forwarding {
+            route: &route,
+            peer: "192.0.2.1".parse().unwrap(),
+            client_host: Some(&host),
+            upgrade: None,
+        };
+        prepare_request(&mut h, &fwd);
+        assert_eq!(h["content-length"], "3");
+        assert_eq!(h["host"], "h");
+    }
+
+    #[test]
+    fn upgrade_is_kept_only_when_tunnelling() {
+        let h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let protocol = upgrade_requested(&h).unwrap();
+        assert_eq!(protocol, "websocket");
+        assert!(upgrade_requested(&headers(&[("upgrade", "websocket")])).is_none());
+
+        let route = route(true);
+        let mut h = h.clone();
+        let fwd = Forwarding {
+            route: &route,
+            peer: "192.0.2.1".parse().unwrap(),
+            client_host: None,
+            upgrade: Some(protocol),
+        };
+        prepare_request(&mut h, &fwd);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["host"], "backend-api:8443");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn response_locations_point_back_at_the_public_origin() {
+        let route = route(true);
+        let mut h = headers(&[
+            ("location", "https://backend-api:8443/login"),
+            ("content-location", "https://elsewhere/x"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        prepare_response(&mut h, &route, Some("public.example"), None);
+        assert_eq!(h["location"], "https://public.example/api/login");
+        assert_eq!(h["content-location"], "https://elsewhere/x");
+        assert!(!h.contains_key("transfer-encoding"));
+    }
+}

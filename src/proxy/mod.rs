@@ -1,0 +1,186 @@
+//! The request path: route, rewrite, forward, stream back.
+//!
+//! [`Proxy::handle`] always answers: it wraps [`Proxy::forward`], which uses `?`, and turns every
+//! error into a status code and one log line in a single place.
+
+pub mod error;
+pub mod headers;
+pub mod upgrade;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+pub use self::error::ProxyError;
+use self::headers::Forwarding;
+use crate::config::Config;
+use crate::routing::{self, Route, RouteTable};
+use crate::upstream::Upstreams;
+
+/// A response body: the upstream's, streamed, or a short one of our own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Everything the request path needs, immutable after load and shared by all connections.
+pub struct Proxy {
+    routes: RouteTable,
+    upstreams: Upstreams,
+    response_timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            routes: config.routes.clone(),
+            upstreams: Upstreams::new(config),
+            response_timeout: config.timeouts.response,
+        }
+    }
+
+    /// Proxies one request. Never fails: errors become a status code, a short plain-text body
+    /// (never internal detail) and one log line with route, upstream, peer and reason.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let http1 = req.version() <= Version::HTTP_11;
+        let route = self.routes.find(uri.path());
+        let result = match route {
+            Some(route) => self.forward(route, req, peer).await,
+            None => Err(ProxyError::NoRoute),
+        };
+        let route_name = route.map_or("-", |r| r.prefix.as_str());
+        let response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                let status = err.status();
+                let upstream = route.map_or_else(|| "-".to_owned(), |r| r.upstream.to_string());
+                if status.is_server_error() {
+                    warn!(route = route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request not proxied");
+                } else {
+                    info!(route = route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request refused");
+                }
+                error_response(status, http1 && matches!(err, ProxyError::BadRequest(_)))
+            }
+        };
+        info!(
+            target: "trustgate::access",
+            %peer,
+            %method,
+            path = uri.path(),
+            status = response.status().as_u16(),
+            route = route_name,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        );
+        response
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        check_request(&req)?;
+        // Only HTTP/1.1 can upgrade a connection; HTTP/2 has no Upgrade header.
+        let upgrade = if req.version() == Version::HTTP_11 {
+            headers::upgrade_requested(req.headers())
+        } else {
+            None
+        };
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::prepare_request(
+            &mut parts.headers,
+            &Forwarding {
+                route,
+                peer: peer.ip(),
+                client_host: client_host.as_ref(),
+                upgrade: upgrade.clone(),
+            },
+        );
+        parts.uri = route.upstream_uri(&parts.uri)?;
+        // The pooled client picks HTTP/2 per connection when the upstream negotiates it.
+        parts.version = Version::HTTP_11;
+        let request = Request::from_parts(parts, body);
+
+        let client = if upgrade.is_some() {
+            &self.upstreams.http1_client
+        } else {
+            &self.upstreams.client
+        };
+        let mut response = tokio::time::timeout(self.response_timeout, client.request(request))
+            .await
+            .map_err(|_| ProxyError::Timeout(self.response_timeout))?
+            .map_err(ProxyError::Upstream)?;
+
+        let mut kept_upgrade = None;
+        if let Some(client_upgrade) = client_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            kept_upgrade = response.headers().get(header::UPGRADE).cloned();
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            upgrade::tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                route.prefix.to_string(),
+                peer,
+            );
+        }
+        let (mut parts, body) = response.into_parts();
+        let public_host = client_host.as_ref().and_then(|h| h.to_str().ok());
+        headers::prepare_response(&mut parts.headers, route, public_host, kept_upgrade);
+        parts.version = Version::HTTP_11;
+        Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+/// Refuses requests that must never reach an upstream.
+fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    // Two framings for one body is the classic request-smuggling vector: refuse, and close.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        && headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding are present",
+        ));
+    }
+    if routing::has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadRequest(
+            "the path holds '.' or '..' segments",
+        ));
+    }
+    Ok(())
+}
+
+/// A short plain-text response; `close` ends an HTTP/1 connection whose framing is in doubt.
+fn error_response(status: StatusCode, close: bool) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

@@ -1,0 +1,437 @@
+//! The route table: which upstream serves a request path, and how the path and redirect locations
+//! are rewritten on the way (Apache's `ProxyPass` and `ProxyPassReverse`).
+//!
+//! Pure and immutable after load: matching is a scan over a handful of prefixes sorted longest
+//! first, with no allocation and no lock.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Uri};
+use rustls::pki_types::ServerName;
+
+/// A path prefix that matches on segment boundaries: `/api` matches `/api` and `/api/x`, not
+/// `/apix`. Stored without a trailing slash, except the root prefix `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if !raw.starts_with('/') {
+            return Err(format!("prefix {raw:?} must start with '/'"));
+        }
+        if raw.contains(['?', '#']) || raw.chars().any(|c| c.is_ascii_whitespace()) {
+            return Err(format!(
+                "prefix {raw:?} must be a plain path (no query, fragment or spaces)"
+            ));
+        }
+        if raw.contains("//") {
+            return Err(format!("prefix {raw:?} must not contain an empty segment"));
+        }
+        if has_dot_segment(raw) {
+            return Err(format!(
+                "prefix {raw:?} must not contain '.' or '..' segments"
+            ));
+        }
+        let trimmed = raw.trim_end_matches('/');
+        Ok(Self(if trimmed.is_empty() {
+            "/".into()
+        } else {
+            trimmed.into()
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_root(&self) -> bool {
+        self.0 == "/"
+    }
+
+    /// The part of `path` after this prefix (empty or starting with '/'), if the prefix matches.
+    fn strip<'p>(&self, path: &'p str) -> Option<&'p str> {
+        if self.is_root() {
+            return Some(path);
+        }
+        let rest = path.strip_prefix(self.0.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An `https://` upstream. Its host is the service name: the SNI sent and the name the
+/// certificate must carry in its SAN.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    url: String,
+    authority: Authority,
+    host: String,
+    port: u16,
+    /// The URL's path as written (`/` or `/base/`): what the prefix itself maps to.
+    base: String,
+    /// Origins that the upstream may use in absolute redirects to itself.
+    origins: Vec<String>,
+    host_header: HeaderValue,
+}
+
+impl Upstream {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let uri: Uri = raw
+            .parse()
+            .map_err(|e| format!("{raw:?} is not a valid URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") => {
+                return Err(format!(
+                    "{raw:?}: plain http upstreams are refused, all internal traffic is encrypted; \
+                     use https:// and a certificate from the internal CA"
+                ));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{raw:?}: scheme {other:?} is not supported, use https://"
+                ));
+            }
+            None => return Err(format!("{raw:?} must be an absolute https:// URL")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{raw:?} has no host"))?
+            .clone();
+        if authority.as_str().contains('@') {
+            return Err(format!("{raw:?} must not carry user information"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{raw:?} must not have a query string"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        ServerName::try_from(host)
+            .map_err(|_| format!("{raw:?}: {host:?} is not a valid DNS name or IP address"))?;
+        let port = authority.port_u16().unwrap_or(443);
+        let mut origins = vec![format!("https://{}:{port}", authority.host())];
+        if port == 443 {
+            origins.push(format!("https://{}", authority.host()));
+        }
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("{raw:?}: host is not a valid header value"))?;
+        Ok(Self {
+            url: raw.to_owned(),
+            host: host.to_ascii_lowercase(),
+            port,
+            base: uri.path().to_owned(),
+            origins,
+            authority,
+            host_header,
+        })
+    }
+
+    /// The service name: SNI and the name verified against the certificate.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// `Host` header value for `preserve_host = false`.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
+    fn base_trimmed(&self) -> &str {
+        self.base.trim_end_matches('/')
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: Prefix,
+    pub upstream: Upstream,
+    /// Connect here instead of resolving the upstream host; the verified name does not change.
+    pub address: Option<SocketAddr>,
+    /// Forward the client's `Host` (Apache's `ProxyPreserveHost On`).
+    pub preserve_host: bool,
+}
+
+impl Route {
+    /// The upstream URI for a request to `path_and_query`, which must match this route.
+    pub fn upstream_uri(&self, original: &Uri) -> Result<Uri, http::Error> {
+        let rest = self.prefix.strip(original.path()).unwrap_or_default();
+        let mut target = if rest.is_empty() {
+            self.upstream.base.clone()
+        } else {
+            let base = self.upstream.base_trimmed();
+            let mut target = String::with_capacity(base.len() + rest.len() + 32);
+            target.push_str(base);
+            target.push_str(rest);
+            target
+        };
+        if let Some(query) = original.query() {
+            target.push('?');
+            target.push_str(query);
+        }
+        Uri::builder()
+            .scheme(Scheme::HTTPS)
+            .authority(self.upstream.authority.clone())
+            .path_and_query(PathAndQuery::try_from(target)?)
+            .build()
+    }
+
+    /// Rewrites an absolute `Location` that points into this upstream's origin and base path to
+    /// the public origin and this route's prefix. `None` when the location points elsewhere.
+    pub fn public_location(&self, location: &str, public_host: &str) -> Option<String> {
+        let after_origin = self.upstream.origins.iter().find_map(|origin| {
+            let head = location.get(..origin.len())?;
+            head.eq_ignore_ascii_case(origin)
+                .then(|| &location[origin.len()..])
+        })?;
+        let rest = after_origin.strip_prefix(self.upstream.base_trimmed())?;
+        if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+            return None;
+        }
+        let prefix = if self.prefix.is_root() {
+            ""
+        } else {
+            self.prefix.as_str()
+        };
+        let mut public = format!("https://{public_host}{prefix}{rest}");
+        if prefix.is_empty() && rest.is_empty() {
+            public.push('/');
+        }
+        Some(public)
+    }
+}
+
+/// All routes, longest prefix first.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Box<[Route]>,
+}
+
+impl RouteTable {
+    /// Builds the table. Prefixes must be unique; the config loader checks that with line numbers.
+    pub fn new(mut routes: Vec<Route>) -> Self {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.0.len()));
+        Self {
+            routes: routes.into(),
+        }
+    }
+
+    /// The route with the longest prefix that matches `path` on a segment boundary.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.prefix.strip(path).is_some())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// True when a path holds a `.` or `..` segment, literally or percent-encoded. Such paths can
+/// climb out of an upstream's base path after the upstream decodes them, so they are refused.
+pub fn has_dot_segment(path: &str) -> bool {
+    // Fast path for the common case: no '.' and no escape means no dot segment.
+    if !path.contains(['.', '%']) {
+        return false;
+    }
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, upstream: &str) -> Route {
+        Route {
+            prefix: Prefix::parse(prefix).unwrap(),
+            upstream: Upstream::parse(upstream).unwrap(),
+            address: None,
+            preserve_host: true,
+        }
+    }
+
+    fn table() -> RouteTable {
+        RouteTable::new(vec![
+            route("/api", "https://backend-api:8443/"),
+            route("/api/v2", "https://backend-v2:8443/"),
+            route("/files/", "https://files:9443/base/"),
+        ])
+    }
+
+    #[test]
+    fn longest_prefix_on_segment_boundary() {
+        let t = table();
+        let host = |p: &str| t.find(p).map(|r| r.upstream.host().to_owned());
+        assert_eq!(host("/api").as_deref(), Some("backend-api"));
+        assert_eq!(host("/api/").as_deref(), Some("backend-api"));
+        assert_eq!(host("/api/x").as_deref(), Some("backend-api"));
+        assert_eq!(host("/api/v2").as_deref(), Some("backend-v2"));
+        assert_eq!(host("/api/v2/users").as_deref(), Some("backend-v2"));
+        assert_eq!(host("/api/v20").as_deref(), Some("backend-api"));
+        assert_eq!(host("/apix"), None);
+        assert_eq!(host("/"), None);
+        assert_eq!(host("/files"), Some("files".into()));
+    }
+
+    #[test]
+    fn root_prefix_matches_everything_but_loses_to_longer() {
+        let t = RouteTable::new(vec![
+            route("/", "https://web:443/"),
+            route("/api", "https://api:1/"),
+        ]);
+        assert_eq!(t.find("/anything").unwrap().upstream.host(), "web");
+        assert_eq!(t.find("/").unwrap().upstream.host(), "web");
+        assert_eq!(t.find("/api/x").unwrap().upstream.host(), "api");
+    }
+
+    #[test]
+    fn rewrites_paths_against_the_upstream_base() {
+        let t = table();
+        let cases = [
+            ("/api/x?q=1", "https://backend-api:8443/x?q=1"),
+            ("/api", "https://backend-api:8443/"),
+            ("/api/", "https://backend-api:8443/"),
+            ("/api?q=1", "https://backend-api:8443/?q=1"),
+            ("/files/x", "https://files:9443/base/x"),
+            ("/files", "https://files:9443/base/"),
+            ("/api/v2/a/b", "https://backend-v2:8443/a/b"),
+        ];
+        for (path, want) in cases {
+            let uri: Uri = path.parse().unwrap();
+            let got = t.find(uri.path()).unwrap().upstream_uri(&uri).unwrap();
+            assert_eq!(got.to_string(), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn rewrites_locations_back_to_the_public_origin() {
+        let api = route("/api", "https://backend-api:8443/");
+        let files = route("/files", "https://files/base/");
+        let root = route("/", "https://web:8443/");
+        let host = "example.com";
+        let cases = [
+            (
+                &api,
+                "https://backend-api:8443/login?next=1",
+                Some("https://example.com/api/login?next=1"),
+            ),
+            (
+                &api,
+                "https://BACKEND-API:8443/x",
+                Some("https://example.com/api/x"),
+            ),
+            (
+                &api,
+                "https://backend-api:8443",
+                Some("https://example.com/api"),
+            ),
+            (&api, "https://backend-api:9999/x", None),
+            (&api, "https://other:8443/x", None),
+            (&api, "/relative", None),
+            (
+                &files,
+                "https://files/base/a",
+                Some("https://example.com/files/a"),
+            ),
+            (
+                &files,
+                "https://files:443/base/a",
+                Some("https://example.com/files/a"),
+            ),
+            (&files, "https://files/based", None),
+            (&files, "https://files/other", None),
+            (&root, "https://web:8443/", Some("https://example.com/")),
+            (&root, "https://web:8443", Some("https://example.com/")),
+        ];
+        for (route, location, want) in cases {
+            assert_eq!(
+                route.public_location(location, host).as_deref(),
+                want,
+                "{location}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_validation() {
+        assert_eq!(Prefix::parse("/api/").unwrap().as_str(), "/api");
+        assert_eq!(Prefix::parse("/").unwrap().as_str(), "/");
+        for bad in ["api", "/a?b", "/a#b", "/a b", "/a//b", "/a/../b", "/."] {
+            assert!(Prefix::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstream_validation() {
+        let up = Upstream::parse("https://backend-api:8443/").unwrap();
+        assert_eq!((up.host(), up.port()), ("backend-api", 8443));
+        assert_eq!(
+            Upstream::parse("https://[::1]:8443/").unwrap().host(),
+            "::1"
+        );
+        assert_eq!(Upstream::parse("https://svc").unwrap().port(), 443);
+        let err = Upstream::parse("http://backend-api:8080/").unwrap_err();
+        assert!(err.contains("all internal traffic is encrypted"), "{err}");
+        for bad in [
+            "ftp://x/",
+            "backend-api:8443",
+            "/path",
+            "https://u:p@x/",
+            "https://x/?a=1",
+            "https://bad_name!/",
+        ] {
+            assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_detected() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2E/b",
+            "/a/.%2e",
+            "/a/%2E",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in ["/", "/a/b", "/a/.well-known", "/a/..b", "/a/b.."] {
+            assert!(!has_dot_segment(good), "{good}");
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The upstream side's TLS: trust only the internal CA.
+//!
+//! The root store starts empty and holds exactly the certificates of `[upstream_tls].ca`. No
+//! system or webpki roots exist in this build (hyper-rustls is compiled without those features),
+//! and there is no verifier that skips checks: chain, validity and name are always verified.
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+/// Why the trust anchors could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("certificate #{index} is not a usable trust anchor: {source}")]
+    BadAnchor { index: usize, source: rustls::Error },
+    #[error("no trust anchors: the internal CA certificate is required")]
+    Empty,
+    #[error(transparent)]
+    Config(#[from] rustls::Error),
+}
+
+/// Builds the upstream client config from the internal CA's certificates alone.
+///
+/// ALPN stays empty: hyper-rustls sets it from the HTTP versions it is told to offer.
+pub fn config(anchors: &[CertificateDer<'static>]) -> Result<ClientConfig, TrustError> {
+    let mut roots = RootCertStore::empty();
+    for (index, anchor) in anchors.iter().enumerate() {
+        roots
+            .add(anchor.clone())
+            .map_err(|source| TrustError::BadAnchor {
+                index: index + 1,
+                source,
+            })?;
+    }
+    if roots.is_empty() {
+        return Err(TrustError::Empty);
+    }
+    Ok(ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(Arc::new(roots))
+        .with_no_client_auth())
+}

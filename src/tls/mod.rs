@@ -1,0 +1,131 @@
+//! TLS material: the one crypto provider, PEM loading whose errors name the file, and the refusal
+//! of private keys where only public certificates belong.
+//!
+//! All rustls configs are built in this module ([`server`] for the public listener, [`client`] for
+//! upstreams), always with the provider passed explicitly, never a process-wide default.
+
+pub mod client;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The crypto provider every config uses (aws-lc-rs, post-quantum hybrid key exchange first).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
+/// Why a PEM file could not be used. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum PemError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not valid PEM: {source}", path.display())]
+    Malformed {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{} holds no CERTIFICATE block", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{} holds no private key (expected a PKCS#8, PKCS#1 or SEC1 PEM block)", path.display())]
+    NoKey { path: PathBuf },
+    #[error(
+        "{} holds a PRIVATE KEY block: CA private keys never belong on the proxy; \
+         keep only the CA's public certificate in this file and the key offline",
+        path.display()
+    )]
+    HoldsPrivateKey { path: PathBuf },
+}
+
+/// Reads every certificate of a PEM file, in order. Fails on an empty or unreadable file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let bytes = read(path)?;
+    parse_certs(path, &bytes)
+}
+
+/// Reads trust anchors: like [`load_certs`], but a file that also holds a private key is refused,
+/// since a CA key next to the proxy defeats the point of an offline CA.
+pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let bytes = read(path)?;
+    if holds_private_key(&bytes) {
+        return Err(PemError::HoldsPrivateKey { path: path.into() });
+    }
+    parse_certs(path, &bytes)
+}
+
+/// Reads the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => PemError::NoKey { path: path.into() },
+        source => PemError::Malformed {
+            path: path.into(),
+            source,
+        },
+    })
+}
+
+/// True when PEM text holds any private key block, encrypted or not, of any algorithm.
+pub fn holds_private_key(pem: &[u8]) -> bool {
+    pem.windows(b"PRIVATE KEY-----".len())
+        .any(|w| w == b"PRIVATE KEY-----")
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PemError> {
+    std::fs::read(path).map_err(|source| PemError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| PemError::Malformed {
+            path: path.into(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate { path: path.into() });
+    }
+    Ok(certs)
+}
+
+/// A one-line description of a certificate for summaries and logs: its subject.
+pub fn subject(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert) {
+        Ok((_, parsed)) => parsed.subject().to_string(),
+        Err(_) => "<unparseable certificate>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_every_kind_of_private_key_block() {
+        for label in [
+            "PRIVATE KEY",
+            "EC PRIVATE KEY",
+            "RSA PRIVATE KEY",
+            "ENCRYPTED PRIVATE KEY",
+        ] {
+            let pem = format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+            assert!(holds_private_key(pem.as_bytes()), "{label}");
+        }
+        assert!(!holds_private_key(
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+        ));
+    }
+}

@@ -1,0 +1,181 @@
+//! The upstream client: pooled keep-alive connections over TLS that trusts the internal CA only.
+//!
+//! Layers, outermost first:
+//! - [`Connector`]: bounds TCP connect plus TLS handshake by `[timeouts].connect`, so a black-holed
+//!   upstream costs seconds, not the OS's minutes.
+//! - hyper-rustls `HttpsConnector`: https only; SNI and the name verified against the certificate
+//!   are the upstream URL's host (the service name), whatever address the TCP connection goes to.
+//! - [`TcpConnector`]: connects to the route's `address` when one is set, else resolves the host.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use crate::config::Config;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The pooled client requests are sent with.
+pub type UpstreamClient = Client<Connector, Incoming>;
+
+/// The two pools: one that speaks HTTP/2 when the upstream offers it by ALPN, and one that speaks
+/// only HTTP/1.1, for requests that upgrade the connection (WebSocket), which HTTP/2 cannot carry.
+#[derive(Clone, Debug)]
+pub struct Upstreams {
+    pub client: UpstreamClient,
+    pub http1_client: UpstreamClient,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config) -> Self {
+        let tcp = TcpConnector::new(config);
+        let connect_timeout = config.timeouts.connect;
+        let tls = config.upstream_tls.client.clone();
+        Self {
+            client: pooled(Connector::new(
+                tls.clone(),
+                tcp.clone(),
+                connect_timeout,
+                true,
+            )),
+            http1_client: pooled(Connector::new(tls, tcp, connect_timeout, false)),
+        }
+    }
+}
+
+fn pooled(connector: Connector) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+/// TLS connector with a deadline on connect plus handshake.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    inner: HttpsConnector<TcpConnector>,
+    timeout: Duration,
+}
+
+impl Connector {
+    fn new(tls: ClientConfig, tcp: TcpConnector, timeout: Duration, offer_h2: bool) -> Self {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only();
+        let inner = if offer_h2 {
+            builder.enable_all_versions().wrap_connector(tcp)
+        } else {
+            builder.enable_http1().wrap_connector(tcp)
+        };
+        Self { inner, timeout }
+    }
+}
+
+/// The upstream did not finish TCP connect and TLS handshake within `[timeouts].connect`.
+#[derive(Debug, thiserror::Error)]
+#[error("connect and TLS handshake did not finish within {}", humantime::format_duration(*.0))]
+pub struct ConnectTimeout(pub Duration);
+
+impl Service<Uri> for Connector {
+    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .map_err(|_| Box::new(ConnectTimeout(timeout)) as BoxError)?
+        })
+    }
+}
+
+/// A TCP connection to an upstream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {target}: {source}")]
+pub struct TcpConnectError {
+    /// `host:port`, plus the fixed address when the route sets one.
+    pub target: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Plain TCP to the upstream: the route's fixed `address` if it has one, else DNS.
+#[derive(Clone, Debug)]
+pub struct TcpConnector {
+    /// `(host, port)` of an upstream URL -> the address to dial instead of resolving the host.
+    fixed: Arc<HashMap<(String, u16), SocketAddr>>,
+}
+
+impl TcpConnector {
+    fn new(config: &Config) -> Self {
+        let fixed = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let key = (r.upstream.host().to_owned(), r.upstream.port());
+                r.address.map(|address| (key, address))
+            })
+            .collect();
+        Self {
+            fixed: Arc::new(fixed),
+        }
+    }
+}
+
+impl Service<Uri> for TcpConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = TcpConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TcpConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TcpConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let port = uri.port_u16().unwrap_or(443);
+        let fixed = self.fixed.get(&(host.clone(), port)).copied();
+        Box::pin(async move {
+            let (target, connected) = match fixed {
+                Some(address) => (
+                    format!("{host}:{port} at {address}"),
+                    TcpStream::connect(address).await,
+                ),
+                None => (
+                    format!("{host}:{port}"),
+                    TcpStream::connect((host.as_str(), port)).await,
+                ),
+            };
+            let stream = connected.map_err(|source| TcpConnectError { target, source })?;
+            // Small proxied requests must not wait for Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
