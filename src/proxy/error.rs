@@ -45,19 +45,8 @@ impl ProxyError {
 /// hyper-util reports only `client error (Connect)`; the cause sits deeper. `io::Error::source()`
 /// skips the error it wraps, so each `io::Error`'s payload is inspected through `get_ref()` too.
 pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    let mut current = Some(err);
-    let mut innermost = err;
-    while let Some(e) = current {
-        if let Some(reason) = known_cause(e) {
-            return reason;
-        }
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
-            && let Some(reason) = known_cause(inner)
-        {
-            return reason;
-        }
-        innermost = e;
-        current = e.source();
+    if let Some(reason) = find_cause(err) {
+        return reason;
     }
     if let Some(hyper) = err.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
         if hyper.is_incomplete_message() {
@@ -67,7 +56,22 @@ pub fn describe(err: &(dyn StdError + 'static)) -> String {
             return format!("the request could not be sent: {hyper}");
         }
     }
+    let mut innermost = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
     format!("upstream exchange failed: {innermost}")
+}
+
+/// Depth-first search of the chain, descending into `io::Error` payloads (which may nest).
+fn find_cause(e: &(dyn StdError + 'static)) -> Option<String> {
+    known_cause(e)
+        .or_else(|| {
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| find_cause(inner))
+        })
+        .or_else(|| e.source().and_then(find_cause))
 }
 
 fn known_cause(e: &(dyn StdError + 'static)) -> Option<String> {
@@ -164,7 +168,11 @@ fn describe_certificate(err: &CertificateError) -> String {
         CertificateError::BadEncoding => "certificate is malformed".into(),
         other => {
             let detail = format!("{other:?}");
-            if detail.contains("NameConstraintViolation") {
+            if detail.contains("CaUsedAsEndEntity") {
+                "the upstream presents a CA certificate as its own (a self-signed certificate?), \
+                 not a service certificate issued by the internal CA"
+                    .into()
+            } else if detail.contains("NameConstraintViolation") {
                 "certificate name is outside the names its CA may issue for (name constraints)"
                     .into()
             } else {

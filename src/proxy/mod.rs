@@ -61,9 +61,9 @@ impl Proxy {
                 let status = err.status();
                 let upstream = route.map_or_else(|| "-".to_owned(), |r| r.upstream.to_string());
                 if status.is_server_error() {
-                    warn!(route = route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request not proxied");
+                    warn!(route = %route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request not proxied");
                 } else {
-                    info!(route = route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request refused");
+                    info!(route = %route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request refused");
                 }
                 error_response(status, http1 && matches!(err, ProxyError::BadRequest(_)))
             }
@@ -72,9 +72,9 @@ impl Proxy {
             target: "trustgate::access",
             %peer,
             %method,
-            path = uri.path(),
+            path = %uri.path(),
             status = response.status().as_u16(),
-            route = route_name,
+            route = %route_name,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
         );
         response

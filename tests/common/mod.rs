@@ -1,0 +1,565 @@
+//! Test harness: a per-test PKI built with trustgate's own `pki` module, HTTPS backends on
+//! ephemeral loopback ports that record what they saw, the proxy started in-process, clients that
+//! trust the public CA, raw TLS sockets for malformed traffic, and a log capture.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use trustgate::Config;
+use trustgate::pki::{Ca, LeafRequest, Usage, Validity};
+use trustgate::server::{ConnectionInfo, TlsServer};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Waits until `condition` holds, checking every 20 ms for at most `within`; panics otherwise.
+pub async fn eventually(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKI
+
+/// A certificate chain and key a test server presents.
+#[derive(Clone)]
+pub struct ServerCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+impl ServerCert {
+    fn from_issued(issued: trustgate::pki::Issued, intermediates: &[&Ca]) -> Self {
+        let mut chain = vec![issued.cert];
+        let mut chain_pem = issued.cert_pem;
+        for ca in intermediates {
+            chain.push(ca.cert().clone());
+            chain_pem.push_str(&ca.cert_pem());
+        }
+        Self {
+            chain,
+            chain_pem,
+            key_pem: issued.key_pem,
+        }
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("test key parses")
+    }
+
+    /// A server config offering `alpn` (e.g. `[b"h2", b"http/1.1"]`).
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let base = trustgate::tls::server::config(self.chain.clone(), self.key()).expect("config");
+        let mut config = (*base).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// Root -> intermediate for the internal CA, a separate public CA for the listener, and a temp
+/// folder holding `ca.pem` (internal root) and `public/fullchain.pem` + `public/privkey.pem`.
+pub struct TestPki {
+    pub root: Ca,
+    pub intermediate: Ca,
+    pub public_ca: Ca,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let root = Ca::root("Test Internal Root", Validity::days(30)).unwrap();
+        let intermediate = root
+            .intermediate("Test Internal Intermediate", Validity::days(30), &[])
+            .unwrap();
+        let public_ca = Ca::root("Test Public CA", Validity::days(30)).unwrap();
+        let mut request = LeafRequest::server("localhost", 30);
+        request.names.push("127.0.0.1".into());
+        let public = public_ca.issue(&request).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write(&dir.path().join("ca.pem"), &root.cert_pem());
+        write(&dir.path().join("public/fullchain.pem"), &public.cert_pem);
+        write(&dir.path().join("public/privkey.pem"), &public.key_pem);
+        Self {
+            root,
+            intermediate,
+            public_ca,
+            dir,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A good leaf for `names`, chain = leaf + intermediate.
+    pub fn leaf(&self, names: &[&str]) -> ServerCert {
+        self.leaf_valid(names, Validity::days(30))
+    }
+
+    pub fn leaf_valid(&self, names: &[&str], validity: Validity) -> ServerCert {
+        let request = LeafRequest {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            validity,
+            usage: Usage::Server,
+        };
+        ServerCert::from_issued(
+            self.intermediate.issue(&request).unwrap(),
+            &[&self.intermediate],
+        )
+    }
+
+    pub fn expired(&self, name: &str) -> ServerCert {
+        self.leaf_valid(
+            &[name],
+            Validity::relative(time::Duration::days(-30), time::Duration::days(-2)),
+        )
+    }
+
+    pub fn not_yet_valid(&self, name: &str) -> ServerCert {
+        self.leaf_valid(
+            &[name],
+            Validity::relative(time::Duration::days(3), time::Duration::days(30)),
+        )
+    }
+
+    /// A leaf whose key usage is client authentication only.
+    pub fn client_only(&self, name: &str) -> ServerCert {
+        let mut request = LeafRequest::server(name, 30);
+        request.usage = Usage::Client;
+        ServerCert::from_issued(
+            self.intermediate.issue(&request).unwrap(),
+            &[&self.intermediate],
+        )
+    }
+
+    /// A leaf from the internal intermediate, served without the intermediate.
+    pub fn leaf_without_intermediate(&self, name: &str) -> ServerCert {
+        ServerCert::from_issued(
+            self.intermediate
+                .issue(&LeafRequest::server(name, 30))
+                .unwrap(),
+            &[],
+        )
+    }
+
+    /// A perfectly good chain from another CA.
+    pub fn foreign(&self, name: &str) -> ServerCert {
+        let root = Ca::root("Foreign Root", Validity::days(30)).unwrap();
+        let inter = root
+            .intermediate("Foreign Intermediate", Validity::days(30), &[])
+            .unwrap();
+        ServerCert::from_issued(
+            inter.issue(&LeafRequest::server(name, 30)).unwrap(),
+            &[&inter],
+        )
+    }
+
+    /// A chain from the public CA the clients trust: still not trusted for upstreams.
+    pub fn from_public_ca(&self, name: &str) -> ServerCert {
+        ServerCert::from_issued(
+            self.public_ca
+                .issue(&LeafRequest::server(name, 30))
+                .unwrap(),
+            &[],
+        )
+    }
+
+    /// A self-signed certificate for `name` (a CA of itself, as `openssl req -x509` makes).
+    pub fn self_signed(&self, name: &str) -> ServerCert {
+        let own = Ca::root(name, Validity::days(30)).unwrap();
+        ServerCert::from_issued(own.issue(&LeafRequest::server(name, 30)).unwrap(), &[])
+            .with_chain_of(&own)
+    }
+
+    /// Client TLS config trusting the public CA, offering `alpn`.
+    pub fn client_tls(&self, alpn: &[&[u8]]) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.public_ca.cert().clone()).unwrap();
+        let mut config = ClientConfig::builder_with_provider(trustgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+}
+
+impl ServerCert {
+    /// Replaces the chain with the CA's own certificate: a lone self-signed cert.
+    fn with_chain_of(mut self, ca: &Ca) -> Self {
+        self.chain = vec![ca.cert().clone()];
+        self.chain_pem = ca.cert_pem();
+        self.key_pem = ca.key_pem();
+        self
+    }
+}
+
+pub fn write(path: &Path, contents: &str) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+/// One request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub sni: Option<String>,
+    pub peer: SocketAddr,
+}
+
+type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+            Arc<ConnectionInfo>,
+        ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// An HTTPS test backend on `127.0.0.1:0`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Records every request and answers 200 with `backend:<name>` (and the request body).
+    pub async fn recording(cert: &ServerCert, alpn: &[&[u8]], name: &str) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let name = name.to_owned();
+        let handler: Handler = Arc::new(move |req, info| {
+            let log = log.clone();
+            let name = name.clone();
+            Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                log.lock().unwrap().push(Seen {
+                    method: parts.method,
+                    uri: parts.uri,
+                    version: parts.version,
+                    headers: parts.headers,
+                    body: body.clone(),
+                    sni: info.sni.clone(),
+                    peer: info.peer,
+                });
+                let mut text = format!("backend:{name}\n").into_bytes();
+                text.extend_from_slice(&body);
+                Response::new(full(text))
+            })
+        });
+        Self::start(cert.server_config(alpn), handler, seen).await
+    }
+
+    /// Serves with a custom handler; `seen` stays empty unless the handler fills it.
+    pub async fn custom<F, Fut>(cert: &ServerCert, alpn: &[&[u8]], handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>, Arc<ConnectionInfo>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req, info| Box::pin(handler(req, info)));
+        Self::start(cert.server_config(alpn), handler, Arc::default()).await
+    }
+
+    async fn start(tls: Arc<ServerConfig>, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = TlsServer::new(tls, Duration::from_secs(10), Duration::from_secs(1));
+        let task = tokio::spawn(async move {
+            let handler = move |req, info| handler(req, info);
+            server
+                .serve(listener, handler, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            addr,
+            seen,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stops the backend and re-raises a panic from its task.
+    pub async fn join(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxy
+
+/// The proxy, served in-process on an ephemeral port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts the proxy with `[server]`/`[upstream_tls]` from `pki` and `rest` (routes,
+    /// timeouts) appended verbatim.
+    pub async fn start(pki: &TestPki, rest: &str) -> Self {
+        logs(); // capture from the first line on
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config_path = pki.path(&format!("trustgate-{n}.toml"));
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
+             shutdown_grace = \"5s\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{rest}"
+        );
+        write(&config_path, &text);
+        let config = Config::load(&config_path).unwrap_or_else(|e| panic!("config:\n{e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let gateway = trustgate::Gateway::new(&config);
+        let task = tokio::spawn(gateway.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            config_path,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// `https://localhost:<port><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// Begins shutdown; `task` completes when the drain is over.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A `[[route]]` block with `address` pointing at `backend`.
+pub fn route(prefix: &str, upstream: &str, backend: &Backend) -> String {
+    format!(
+        "[[route]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\naddress = \"{}\"\n\n",
+        backend.addr
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+pub type TestClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// A pooled client trusting the public CA; offers `h2` too when `h2` is set.
+pub fn client(pki: &TestPki, h2: bool) -> TestClient {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(pki.client_tls(&[]))
+        .https_only();
+    let connector = if h2 {
+        builder.enable_http2().build()
+    } else {
+        builder.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// A finished response.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send(client: &TestClient, req: Request<Body>) -> Got {
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("response within 20s")
+        .expect("request succeeds");
+    let (parts, body) = response.into_parts();
+    Got {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+pub async fn get(client: &TestClient, url: &str) -> Got {
+    send(client, Request::get(url).body(empty()).unwrap()).await
+}
+
+/// A raw TLS connection to the proxy (ALPN http/1.1) for hand-written requests.
+pub async fn raw_tls(
+    pki: &TestPki,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_tls(&[b"http/1.1"])));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Writes `request` on a fresh raw TLS connection and returns everything read until the proxy
+/// closes the connection or 5 s pass.
+pub async fn raw_exchange(pki: &TestPki, addr: SocketAddr, request: &[u8]) -> String {
+    let mut tls = raw_tls(pki, addr).await;
+    tls.write_all(request).await.unwrap();
+    read_until_close(&mut tls, Duration::from_secs(5)).await
+}
+
+pub async fn read_until_close(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+
+/// Everything the process logged, captured once per test binary.
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+pub fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || LogWriter(writer.clone()))
+            .init();
+        Logs(buffer)
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The first log line containing every one of `needles`, waiting up to 5 s for it.
+    pub async fn line_with(&self, needles: &[&str]) -> String {
+        let find = || {
+            self.text()
+                .lines()
+                .find(|line| needles.iter().all(|n| line.contains(n)))
+                .map(str::to_owned)
+        };
+        eventually(
+            &format!("a log line with {needles:?}"),
+            Duration::from_secs(5),
+            || find().is_some(),
+        )
+        .await;
+        find().expect("found above")
+    }
+}
