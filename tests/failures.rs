@@ -1,0 +1,310 @@
+//! Failure paths: dead, black-holed and slow upstreams; malformed, smuggling, oversized and slow
+//! clients (written as raw bytes on the socket); and graceful shutdown with a request in flight.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::{Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+const H1: &[&[u8]] = &[b"http/1.1"];
+
+async fn api_proxy(pki: &TestPki, backend: &Backend, extra: &str) -> Proxy {
+    let routes = format!("{extra}\n{}", route("/api", &format!("https://backend-api:{}/", backend.port()), backend));
+    Proxy::start(pki, &routes).await
+}
+
+#[tokio::test]
+async fn dead_upstream_is_a_502_naming_the_address() {
+    let pki = TestPki::new();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    // The listener is dropped: nothing listens on `closed` any more.
+    let upstream = format!("https://backend-dead:{}/", closed.port());
+    let proxy = Proxy::start(&pki, &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{closed}\"\n")).await;
+    let got = get(&client(&pki, false), &proxy.url("/x")).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    let line = logs().line_with(&[&format!("upstream={upstream}"), "reason="]).await;
+    assert!(
+        line.contains(&format!("reason=connection refused by backend-dead:{} at {closed}: is the service up?", closed.port())),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn black_holed_upstream_hits_the_connect_timeout() {
+    let pki = TestPki::new();
+    // Accepts TCP but never speaks TLS.
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = hole.accept().await {
+            open.push(tcp);
+        }
+    });
+    let upstream = format!("https://backend-hole:{}/", addr.port());
+    let proxy = Proxy::start(
+        &pki,
+        &format!("[timeouts]\nconnect = \"300ms\"\n\n[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n"),
+    )
+    .await;
+    let got = get(&client(&pki, false), &proxy.url("/x")).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    let line = logs().line_with(&[&format!("upstream={upstream}"), "reason="]).await;
+    assert!(line.contains("reason=connect and TLS handshake did not finish within 300ms"), "{line}");
+    held.abort();
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504() {
+    let pki = TestPki::new();
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, |_, _| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Response::new(empty())
+    })
+    .await;
+    let proxy = api_proxy(&pki, &backend, "[timeouts]\nresponse = \"300ms\"\n").await;
+    let got = get(&client(&pki, false), &proxy.url("/api/slow")).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(got.text(), "504 Gateway Timeout\n");
+    let line = logs()
+        .line_with(&[&format!("upstream=https://backend-api:{}/", backend.port()), "status=504"])
+        .await;
+    assert!(line.contains("reason=upstream sent no response headers within 300ms"), "{line}");
+}
+
+#[tokio::test]
+async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
+    let pki = TestPki::new();
+    let cert = pki.leaf(&["backend-api"]);
+    // A TLS backend that reads the request and closes without answering.
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(H1));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let upstream = format!("https://backend-api:{}/", addr.port());
+    let proxy = Proxy::start(&pki, &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n")).await;
+    let got = get(&client(&pki, false), &proxy.url("/x")).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    let line = logs().line_with(&[&format!("upstream={upstream}"), "reason="]).await;
+    assert!(line.contains("closed the connection"), "{line}");
+}
+
+#[tokio::test]
+async fn smuggling_attempts_never_reach_the_upstream() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = api_proxy(&pki, &backend, "").await;
+
+    // Ambiguous framing (CL.TE and TE.CL): chunked wins, the connection closes after one answer,
+    // and the request hidden behind the chunked body is never read, let alone forwarded.
+    let both: [&[u8]; 2] = [
+        b"POST /api/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/b HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    ];
+    for attempt in both {
+        let answer = raw_exchange(&pki, proxy.addr, attempt).await;
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer, then close: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+    for seen in backend.seen() {
+        assert_ne!(seen.uri.path(), "/smuggled", "a smuggled request reached the upstream");
+        assert!(
+            !(seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding")),
+            "the upstream saw two framings: {:?}",
+            seen.headers
+        );
+        assert!(seen.body.is_empty());
+    }
+
+    // Invalid or conflicting framing: 400, nothing forwarded.
+    let invalid: [&[u8]; 4] = [
+        b"POST /api/c HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\nabc",
+        b"POST /api/d HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST /api/e HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, identity\r\n\r\nabc",
+        b"POST /api/f HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    let before = backend.seen().len();
+    for attempt in invalid {
+        let answer = raw_exchange(&pki, proxy.addr, attempt).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{}\n-> {answer}", String::from_utf8_lossy(attempt));
+    }
+    assert_eq!(backend.seen().len(), before, "an invalid request was forwarded");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = api_proxy(&pki, &backend, "").await;
+    let cases: [&[u8]; 5] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nBad Header Name: x\r\n\r\n",
+        b"GET /api/../admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /api/x HTTP/9.9\r\nHost: localhost\r\n\r\n",
+    ];
+    for case in cases {
+        let answer = raw_exchange(&pki, proxy.addr, case).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 505"),
+            "{}\n-> {answer}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    assert!(backend.seen().is_empty());
+    logs().line_with(&["status=400", "reason=malformed request: the path holds '.' or '..' segments"]).await;
+}
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = api_proxy(&pki, &backend, "").await;
+    let mut request = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 128 * 1024));
+    request.extend_from_slice(b"\r\n\r\n");
+    let answer = raw_exchange(&pki, proxy.addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(backend.seen().is_empty());
+    // A head under the limit still passes.
+    let mut fine = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: ".to_vec();
+    fine.extend(std::iter::repeat_n(b'a', 16 * 1024));
+    fine.extend_from_slice(b"\r\n\r\n");
+    let answer = raw_exchange(&pki, proxy.addr, &fine).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = api_proxy(&pki, &backend, "[timeouts]\nclient_header = \"300ms\"\n").await;
+
+    // A request head that never ends.
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_close(&mut tls, Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "connection was not closed: {answer:?}");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A TLS handshake that never starts.
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_until_close(&mut tcp, Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "handshake was not cut off");
+    assert!(answer.is_empty());
+    assert!(backend.seen().is_empty());
+}
+
+#[tokio::test]
+async fn garbage_on_the_socket_does_not_stop_the_listener() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = api_proxy(&pki, &backend, "").await;
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: plain-http-on-a-tls-port\r\n\r\n").await.unwrap();
+        let _ = read_until_close(&mut tcp, Duration::from_secs(5)).await;
+    }
+    let got = get(&client(&pki, false), &proxy.url("/api/still-up")).await;
+    assert_eq!(got.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let pki = TestPki::new();
+    let arrived = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (arrived_tx, release_rx) = (arrived.clone(), release.clone());
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, move |_, _| {
+        let (arrived, release) = (arrived_tx.clone(), release_rx.clone());
+        async move {
+            arrived.notify_one();
+            release.notified().await;
+            Response::new(full("finished"))
+        }
+    })
+    .await;
+    let mut proxy = api_proxy(&pki, &backend, "").await;
+    let client = client(&pki, false);
+    let url = proxy.url("/api/long");
+    let in_flight = tokio::spawn(async move { get(&client, &url).await });
+
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified()).await.expect("request reached the backend");
+    proxy.shutdown();
+    // New connections are refused once the listener is closed.
+    let addr = proxy.addr;
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener still accepts after shutdown began");
+    release.notify_one();
+
+    let got = tokio::time::timeout(Duration::from_secs(5), in_flight).await.unwrap().unwrap();
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.text(), "finished");
+    let task = proxy.task.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("drained within the grace period").unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_grace_period_is_bounded() {
+    let pki = TestPki::new();
+    let arrived = Arc::new(Notify::new());
+    let arrived_tx = arrived.clone();
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, move |_, _| {
+        let arrived = arrived_tx.clone();
+        async move {
+            arrived.notify_one();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Response::new(empty())
+        }
+    })
+    .await;
+    // The harness sets a 5s grace; this test needs its own [server] table, so the config is
+    // written in full.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
+         shutdown_grace = \"300ms\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{}",
+        route("/api", &format!("https://backend-api:{}/", backend.port()), &backend)
+    );
+    let path = pki.path("grace.toml");
+    write(&path, &config);
+    let config = trustgate::Config::load(&path).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    let serving = tokio::spawn(trustgate::Gateway::new(&config).serve(listener, async move { stopped.notified().await }));
+    let client = client(&pki, false);
+    let url = format!("https://localhost:{}/api/forever", addr.port());
+    let _stuck = tokio::spawn(async move { client.request(http::Request::get(url).body(empty()).unwrap()).await });
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified()).await.expect("request reached the backend");
+    logs(); // capture the drain's log lines
+    stop.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), serving).await.expect("serve returns after the grace period").unwrap();
+    logs().line_with(&["shutdown grace period elapsed"]).await;
+}
