@@ -15,22 +15,42 @@ use tokio::sync::Notify;
 const H1: &[&[u8]] = &[b"http/1.1"];
 
 async fn api_proxy(pki: &TestPki, backend: &Backend, extra: &str) -> Proxy {
-    let routes = format!("{extra}\n{}", route("/api", &format!("https://backend-api:{}/", backend.port()), backend));
+    let routes = format!(
+        "{extra}\n{}",
+        route(
+            "/api",
+            &format!("https://backend-api:{}/", backend.port()),
+            backend
+        )
+    );
     Proxy::start(pki, &routes).await
 }
 
 #[tokio::test]
 async fn dead_upstream_is_a_502_naming_the_address() {
     let pki = TestPki::new();
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     // The listener is dropped: nothing listens on `closed` any more.
     let upstream = format!("https://backend-dead:{}/", closed.port());
-    let proxy = Proxy::start(&pki, &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{closed}\"\n")).await;
+    let proxy = Proxy::start(
+        &pki,
+        &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{closed}\"\n"),
+    )
+    .await;
     let got = get(&client(&pki, false), &proxy.url("/x")).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs().line_with(&[&format!("upstream={upstream}"), "reason="]).await;
+    let line = logs()
+        .line_with(&[&format!("upstream={upstream}"), "reason="])
+        .await;
     assert!(
-        line.contains(&format!("reason=connection refused by backend-dead:{} at {closed}: is the service up?", closed.port())),
+        line.contains(&format!(
+            "reason=connection refused by backend-dead:{} at {closed}: is the service up?",
+            closed.port()
+        )),
         "{line}"
     );
 }
@@ -55,8 +75,13 @@ async fn black_holed_upstream_hits_the_connect_timeout() {
     .await;
     let got = get(&client(&pki, false), &proxy.url("/x")).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs().line_with(&[&format!("upstream={upstream}"), "reason="]).await;
-    assert!(line.contains("reason=connect and TLS handshake did not finish within 300ms"), "{line}");
+    let line = logs()
+        .line_with(&[&format!("upstream={upstream}"), "reason="])
+        .await;
+    assert!(
+        line.contains("reason=connect and TLS handshake did not finish within 300ms"),
+        "{line}"
+    );
     held.abort();
 }
 
@@ -73,9 +98,15 @@ async fn slow_upstream_is_a_504() {
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(got.text(), "504 Gateway Timeout\n");
     let line = logs()
-        .line_with(&[&format!("upstream=https://backend-api:{}/", backend.port()), "status=504"])
+        .line_with(&[
+            &format!("upstream=https://backend-api:{}/", backend.port()),
+            "status=504",
+        ])
         .await;
-    assert!(line.contains("reason=upstream sent no response headers within 300ms"), "{line}");
+    assert!(
+        line.contains("reason=upstream sent no response headers within 300ms"),
+        "{line}"
+    );
 }
 
 #[tokio::test]
@@ -99,10 +130,16 @@ async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
         }
     });
     let upstream = format!("https://backend-api:{}/", addr.port());
-    let proxy = Proxy::start(&pki, &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n")).await;
+    let proxy = Proxy::start(
+        &pki,
+        &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n"),
+    )
+    .await;
     let got = get(&client(&pki, false), &proxy.url("/x")).await;
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs().line_with(&[&format!("upstream={upstream}"), "reason="]).await;
+    let line = logs()
+        .line_with(&[&format!("upstream={upstream}"), "reason="])
+        .await;
     assert!(line.contains("closed the connection"), "{line}");
 }
 
@@ -120,13 +157,25 @@ async fn smuggling_attempts_never_reach_the_upstream() {
     ];
     for attempt in both {
         let answer = raw_exchange(&pki, proxy.addr, attempt).await;
-        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer, then close: {answer}");
-        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "one answer, then close: {answer}"
+        );
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
     }
     for seen in backend.seen() {
-        assert_ne!(seen.uri.path(), "/smuggled", "a smuggled request reached the upstream");
+        assert_ne!(
+            seen.uri.path(),
+            "/smuggled",
+            "a smuggled request reached the upstream"
+        );
         assert!(
-            !(seen.headers.contains_key("content-length") && seen.headers.contains_key("transfer-encoding")),
+            !(seen.headers.contains_key("content-length")
+                && seen.headers.contains_key("transfer-encoding")),
             "the upstream saw two framings: {:?}",
             seen.headers
         );
@@ -143,9 +192,17 @@ async fn smuggling_attempts_never_reach_the_upstream() {
     let before = backend.seen().len();
     for attempt in invalid {
         let answer = raw_exchange(&pki, proxy.addr, attempt).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{}\n-> {answer}", String::from_utf8_lossy(attempt));
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{}\n-> {answer}",
+            String::from_utf8_lossy(attempt)
+        );
     }
-    assert_eq!(backend.seen().len(), before, "an invalid request was forwarded");
+    assert_eq!(
+        backend.seen().len(),
+        before,
+        "an invalid request was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -169,7 +226,12 @@ async fn malformed_requests_get_400() {
         );
     }
     assert!(backend.seen().is_empty());
-    logs().line_with(&["status=400", "reason=malformed request: the path holds '.' or '..' segments"]).await;
+    logs()
+        .line_with(&[
+            "status=400",
+            "reason=malformed request: the path holds '.' or '..' segments",
+        ])
+        .await;
 }
 
 #[tokio::test]
@@ -184,7 +246,8 @@ async fn oversized_request_head_gets_431() {
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(backend.seen().is_empty());
     // A head under the limit still passes.
-    let mut fine = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: ".to_vec();
+    let mut fine =
+        b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: ".to_vec();
     fine.extend(std::iter::repeat_n(b'a', 16 * 1024));
     fine.extend_from_slice(b"\r\n\r\n");
     let answer = raw_exchange(&pki, proxy.addr, &fine).await;
@@ -199,17 +262,28 @@ async fn slow_clients_are_cut_off() {
 
     // A request head that never ends.
     let mut tls = raw_tls(&pki, proxy.addr).await;
-    tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+    tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let answer = read_until_close(&mut tls, Duration::from_secs(10)).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "connection was not closed: {answer:?}");
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "connection was not closed: {answer:?}"
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
 
     // A TLS handshake that never starts.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let started = std::time::Instant::now();
     let answer = read_until_close(&mut tcp, Duration::from_secs(10)).await;
-    assert!(started.elapsed() < Duration::from_secs(10), "handshake was not cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "handshake was not cut off"
+    );
     assert!(answer.is_empty());
     assert!(backend.seen().is_empty());
 }
@@ -221,7 +295,9 @@ async fn garbage_on_the_socket_does_not_stop_the_listener() {
     let proxy = api_proxy(&pki, &backend, "").await;
     for _ in 0..3 {
         let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
-        tcp.write_all(b"GET / HTTP/1.1\r\nHost: plain-http-on-a-tls-port\r\n\r\n").await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: plain-http-on-a-tls-port\r\n\r\n")
+            .await
+            .unwrap();
         let _ = read_until_close(&mut tcp, Duration::from_secs(5)).await;
     }
     let got = get(&client(&pki, false), &proxy.url("/api/still-up")).await;
@@ -248,7 +324,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let url = proxy.url("/api/long");
     let in_flight = tokio::spawn(async move { get(&client, &url).await });
 
-    tokio::time::timeout(Duration::from_secs(5), arrived.notified()).await.expect("request reached the backend");
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("request reached the backend");
     proxy.shutdown();
     // New connections are refused once the listener is closed.
     let addr = proxy.addr;
@@ -263,11 +341,17 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert!(refused, "the listener still accepts after shutdown began");
     release.notify_one();
 
-    let got = tokio::time::timeout(Duration::from_secs(5), in_flight).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), in_flight)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.text(), "finished");
     let task = proxy.task.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("drained within the grace period").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("drained within the grace period")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -289,7 +373,11 @@ async fn shutdown_grace_period_is_bounded() {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
          shutdown_grace = \"300ms\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{}",
-        route("/api", &format!("https://backend-api:{}/", backend.port()), &backend)
+        route(
+            "/api",
+            &format!("https://backend-api:{}/", backend.port()),
+            &backend
+        )
     );
     let path = pki.path("grace.toml");
     write(&path, &config);
@@ -298,13 +386,24 @@ async fn shutdown_grace_period_is_bounded() {
     let addr = listener.local_addr().unwrap();
     let stop = Arc::new(Notify::new());
     let stopped = stop.clone();
-    let serving = tokio::spawn(trustgate::Gateway::new(&config).serve(listener, async move { stopped.notified().await }));
+    let serving = tokio::spawn(
+        trustgate::Gateway::new(&config).serve(listener, async move { stopped.notified().await }),
+    );
     let client = client(&pki, false);
     let url = format!("https://localhost:{}/api/forever", addr.port());
-    let _stuck = tokio::spawn(async move { client.request(http::Request::get(url).body(empty()).unwrap()).await });
-    tokio::time::timeout(Duration::from_secs(5), arrived.notified()).await.expect("request reached the backend");
+    let _stuck = tokio::spawn(async move {
+        client
+            .request(http::Request::get(url).body(empty()).unwrap())
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(5), arrived.notified())
+        .await
+        .expect("request reached the backend");
     logs(); // capture the drain's log lines
     stop.notify_one();
-    tokio::time::timeout(Duration::from_secs(5), serving).await.expect("serve returns after the grace period").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve returns after the grace period")
+        .unwrap();
     logs().line_with(&["shutdown grace period elapsed"]).await;
 }

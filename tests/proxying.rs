@@ -20,9 +20,19 @@ async fn routes_by_longest_prefix_and_rewrites_paths() {
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H2_H1, "api").await;
     let v2 = Backend::recording(&pki.leaf(&["backend-v2"]), H2_H1, "v2").await;
     let files = Backend::recording(&pki.leaf(&["files"]), H1, "files").await;
-    let routes = route("/api", &format!("https://backend-api:{}/", api.port()), &api)
-        + &route("/api/v2", &format!("https://backend-v2:{}/", v2.port()), &v2)
-        + &route("/files", &format!("https://files:{}/base/", files.port()), &files);
+    let routes = route(
+        "/api",
+        &format!("https://backend-api:{}/", api.port()),
+        &api,
+    ) + &route(
+        "/api/v2",
+        &format!("https://backend-v2:{}/", v2.port()),
+        &v2,
+    ) + &route(
+        "/files",
+        &format!("https://files:{}/base/", files.port()),
+        &files,
+    );
     let proxy = Proxy::start(&pki, &routes).await;
     let client = client(&pki, false);
 
@@ -41,7 +51,10 @@ async fn routes_by_longest_prefix_and_rewrites_paths() {
         assert_eq!(got.text(), format!("backend:{backend}\n"), "{path}");
     }
     let seen_paths = |b: &Backend| -> Vec<String> {
-        b.seen().iter().map(|s| s.uri.path_and_query().unwrap().to_string()).collect()
+        b.seen()
+            .iter()
+            .map(|s| s.uri.path_and_query().unwrap().to_string())
+            .collect()
     };
     assert_eq!(seen_paths(&api), ["/x?q=1", "/", "/v20"]);
     assert_eq!(seen_paths(&v2), ["/", "/users/7?full=true"]);
@@ -52,14 +65,26 @@ async fn routes_by_longest_prefix_and_rewrites_paths() {
         assert_eq!(got.status, StatusCode::NOT_FOUND, "{unrouted}");
         assert_eq!(got.text(), "404 Not Found\n");
     }
-    assert_eq!(api.seen().len() + v2.seen().len() + files.seen().len(), 7, "404s reach no backend");
+    assert_eq!(
+        api.seen().len() + v2.seen().len() + files.seen().len(),
+        7,
+        "404s reach no backend"
+    );
 }
 
 #[tokio::test]
 async fn forwarding_headers_and_hop_by_hop_stripping() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = Proxy::start(&pki, &route("/api", &format!("https://backend-api:{}/", backend.port()), &backend)).await;
+    let proxy = Proxy::start(
+        &pki,
+        &route(
+            "/api",
+            &format!("https://backend-api:{}/", backend.port()),
+            &backend,
+        ),
+    )
+    .await;
     let req = Request::post(proxy.url("/api/form"))
         .header("connection", "x-session-hop")
         .header("x-session-hop", "must not pass")
@@ -77,7 +102,14 @@ async fn forwarding_headers_and_hop_by_hop_stripping() {
 
     let seen = &backend.seen()[0];
     let h = &seen.headers;
-    for hop in ["x-session-hop", "keep-alive", "proxy-connection", "te", "upgrade", "transfer-encoding"] {
+    for hop in [
+        "x-session-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "upgrade",
+        "transfer-encoding",
+    ] {
         assert!(!h.contains_key(hop), "{hop} reached the backend");
     }
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
@@ -97,10 +129,19 @@ async fn host_is_the_upstream_authority_when_not_preserved() {
     let upstream = format!("https://backend-api:{}/", backend.port());
     let routes = route("/api", &upstream, &backend) + "preserve_host = false\n";
     let proxy = Proxy::start(&pki, &routes).await;
-    assert_eq!(get(&client(&pki, false), &proxy.url("/api/")).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&client(&pki, false), &proxy.url("/api/")).await.status,
+        StatusCode::OK
+    );
     let seen = &backend.seen()[0];
-    assert_eq!(seen.headers["host"], format!("backend-api:{}", backend.port()).as_str());
-    assert_eq!(seen.headers["x-forwarded-host"], format!("localhost:{}", proxy.addr.port()).as_str());
+    assert_eq!(
+        seen.headers["host"],
+        format!("backend-api:{}", backend.port()).as_str()
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        format!("localhost:{}", proxy.addr.port()).as_str()
+    );
 }
 
 #[tokio::test]
@@ -115,7 +156,10 @@ async fn response_hop_by_hop_headers_are_dropped_and_locations_rewritten() {
             let path = req.uri().path().to_owned();
             Response::builder()
                 .status(StatusCode::FOUND)
-                .header("location", format!("https://backend-api:{port}/login?next={path}"))
+                .header(
+                    "location",
+                    format!("https://backend-api:{port}/login?next={path}"),
+                )
                 .header("content-location", "https://elsewhere.example/x")
                 .header("connection", "x-internal")
                 .header("x-internal", "secret")
@@ -127,14 +171,29 @@ async fn response_hop_by_hop_headers_are_dropped_and_locations_rewritten() {
     })
     .await;
     port_cell.set(backend.port()).unwrap();
-    let proxy = Proxy::start(&pki, &route("/api", &format!("https://backend-api:{}/", backend.port()), &backend)).await;
+    let proxy = Proxy::start(
+        &pki,
+        &route(
+            "/api",
+            &format!("https://backend-api:{}/", backend.port()),
+            &backend,
+        ),
+    )
+    .await;
     let got = get(&client(&pki, false), &proxy.url("/api/account")).await;
     assert_eq!(got.status, StatusCode::FOUND);
     assert_eq!(
         got.headers["location"],
-        format!("https://localhost:{}/api/login?next=/account", proxy.addr.port()).as_str()
+        format!(
+            "https://localhost:{}/api/login?next=/account",
+            proxy.addr.port()
+        )
+        .as_str()
     );
-    assert_eq!(got.headers["content-location"], "https://elsewhere.example/x");
+    assert_eq!(
+        got.headers["content-location"],
+        "https://elsewhere.example/x"
+    );
     assert_eq!(got.headers["x-visible"], "yes");
     assert!(!got.headers.contains_key("x-internal"));
     assert!(!got.headers.contains_key("keep-alive"));
@@ -144,7 +203,15 @@ async fn response_hop_by_hop_headers_are_dropped_and_locations_rewritten() {
 async fn http2_clients_are_served() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = Proxy::start(&pki, &route("/api", &format!("https://backend-api:{}/", backend.port()), &backend)).await;
+    let proxy = Proxy::start(
+        &pki,
+        &route(
+            "/api",
+            &format!("https://backend-api:{}/", backend.port()),
+            &backend,
+        ),
+    )
+    .await;
     let client = client(&pki, true);
     let got = get(&client, &proxy.url("/api/h2")).await;
     assert_eq!(got.status, StatusCode::OK);
@@ -152,7 +219,10 @@ async fn http2_clients_are_served() {
     let seen = &backend.seen()[0];
     // HTTP/2 carries the host as :authority; an HTTP/1.1 backend still gets a Host header.
     assert_eq!(seen.version, Version::HTTP_11);
-    assert_eq!(seen.headers["host"], format!("localhost:{}", proxy.addr.port()).as_str());
+    assert_eq!(
+        seen.headers["host"],
+        format!("localhost:{}", proxy.addr.port()).as_str()
+    );
     assert_eq!(seen.uri.path(), "/h2");
 }
 
@@ -160,9 +230,15 @@ async fn http2_clients_are_served() {
 async fn websocket_upgrade_is_tunnelled_both_ways() {
     let pki = TestPki::new();
     let backend = Backend::custom(&pki.leaf(&["backend-ws"]), H2_H1, |mut req, _| async move {
-        let wants_ws = req.headers().get("upgrade").is_some_and(|v| v == "websocket");
+        let wants_ws = req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v == "websocket");
         if !wants_ws {
-            return Response::builder().status(StatusCode::BAD_REQUEST).body(empty()).unwrap();
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(empty())
+                .unwrap();
         }
         let upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -189,7 +265,15 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
             .unwrap()
     })
     .await;
-    let proxy = Proxy::start(&pki, &route("/ws", &format!("https://backend-ws:{}/", backend.port()), &backend)).await;
+    let proxy = Proxy::start(
+        &pki,
+        &route(
+            "/ws",
+            &format!("https://backend-ws:{}/", backend.port()),
+            &backend,
+        ),
+    )
+    .await;
 
     let mut tls = raw_tls(&pki, proxy.addr).await;
     tls.write_all(
@@ -201,20 +285,34 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte)).await.unwrap().unwrap();
-        assert_eq!(n, 1, "connection closed before the 101 head ended: {}", String::from_utf8_lossy(&head));
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed before the 101 head ended: {}",
+            String::from_utf8_lossy(&head)
+        );
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
-    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
 
     for message in ["hello", "second frame"] {
         tls.write_all(message.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 5 + message.len()];
-        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(String::from_utf8_lossy(&buf), format!("echo:{message}"));
     }
 }
