@@ -1,0 +1,643 @@
+//! The configuration loader, through `Config::load` on real files: every way a file can be wrong
+//! is reported with the file, the exact line, the dotted key and a reason that says what to fix;
+//! several mistakes are all reported at once, sorted by line; the `ca` array form and relative
+//! paths work.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::ServerName;
+use trustgate::Config;
+use trustgate::config::{ConfigError, Problem};
+use trustgate::pki::{Ca, LeafRequest, Validity};
+
+/// A valid configuration over the files `TestPki` writes. Line numbers, which the tests assert:
+///  1 `[server]`, 2 listen, 3 cert, 4 key, 6 `[upstream_tls]`, 7 ca, 9 `[[route]]`, 10 prefix,
+/// 11 upstream. A test appending lines starts at line 12.
+const BASE: &str = "\
+[server]
+listen = \"127.0.0.1:0\"
+cert = \"public/fullchain.pem\"
+key = \"public/privkey.pem\"
+
+[upstream_tls]
+ca = \"ca.pem\"
+
+[[route]]
+prefix = \"/api\"
+upstream = \"https://backend-api:8443/\"
+";
+
+/// `BASE` with its one occurrence of `from` replaced by `to`.
+fn edit(from: &str, to: &str) -> String {
+    assert_eq!(
+        BASE.matches(from).count(),
+        1,
+        "{from:?} must occur once in BASE"
+    );
+    BASE.replacen(from, to, 1)
+}
+
+/// Writes `text` as `trustgate.toml` in the PKI folder and loads it.
+fn load(pki: &TestPki, text: &str) -> (PathBuf, Result<Config, ConfigError>) {
+    let path = pki.path("trustgate.toml");
+    write(&path, text);
+    let loaded = Config::load(&path);
+    (path, loaded)
+}
+
+fn problems(pki: &TestPki, text: &str) -> (PathBuf, Vec<Problem>) {
+    let (path, loaded) = load(pki, text);
+    match loaded {
+        Ok(_) => panic!("expected problems, the config loaded:\n{text}"),
+        Err(e) => {
+            assert!(!e.problems.is_empty(), "a ConfigError is never empty");
+            (path, e.problems)
+        }
+    }
+}
+
+/// The one problem of `text`; fails when there are none or several.
+fn only_problem(pki: &TestPki, text: &str) -> (PathBuf, Problem) {
+    let (path, mut problems) = problems(pki, text);
+    assert_eq!(
+        problems.len(),
+        1,
+        "expected exactly one problem: {problems:#?}"
+    );
+    (path, problems.remove(0))
+}
+
+#[track_caller]
+fn assert_problem(problem: &Problem, file: &Path, line: Option<usize>, key: &str, reason: &str) {
+    assert_eq!(problem.file, file, "{problem}");
+    assert_eq!(problem.line, line, "{problem}");
+    assert_eq!(problem.key.as_deref(), Some(key), "{problem}");
+    assert!(
+        problem.reason.contains(reason),
+        "reason {:?} should contain {reason:?}",
+        problem.reason
+    );
+}
+
+#[test]
+fn base_config_loads() {
+    // The control for every test below: each one breaks exactly one thing of this file.
+    let pki = TestPki::new();
+    let (path, loaded) = load(&pki, BASE);
+    let config = loaded.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.path, path);
+    assert_eq!(config.server.listen, "127.0.0.1:0".parse().unwrap());
+    assert_eq!(config.upstream_tls.anchors, vec![pki.root.cert().clone()]);
+    assert_eq!(config.routes.len(), 1);
+}
+
+#[test]
+fn missing_config_file_names_the_path() {
+    let pki = TestPki::new();
+    let path = pki.path("does-not-exist.toml");
+    let error = Config::load(&path).unwrap_err();
+    assert_eq!(error.problems.len(), 1);
+    let problem = &error.problems[0];
+    assert_eq!(problem.file, path);
+    assert_eq!(problem.line, None);
+    assert_eq!(problem.key, None);
+    assert!(
+        problem.reason.starts_with("cannot read the config file: "),
+        "{}",
+        problem.reason
+    );
+    assert!(
+        error.to_string().starts_with(&path.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(
+        &pki,
+        &edit("listen = \"127.0.0.1:0\"", "lisen = \"127.0.0.1:0\""),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(2),
+        "server.lisen",
+        "unknown field `lisen`",
+    );
+    assert!(
+        problem.reason.contains("`listen`"),
+        "lists the keys: {}",
+        problem.reason
+    );
+}
+
+#[test]
+fn wrong_type_names_the_route_key() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(&pki, &format!("{BASE}preserve_host = \"yes\"\n"));
+    assert_problem(
+        &problem,
+        &path,
+        Some(12),
+        "route[0].preserve_host",
+        "invalid type: string \"yes\", expected a boolean",
+    );
+}
+
+#[test]
+fn bad_duration_is_refused() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(
+        &pki,
+        &format!("{BASE}\n[timeouts]\nconnect = \"5 parsecs\"\n"),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(14),
+        "timeouts.connect",
+        "\"5 parsecs\" is not a duration such as \"5s\"",
+    );
+}
+
+#[test]
+fn zero_duration_is_refused() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(
+        &pki,
+        &edit(
+            "key = \"public/privkey.pem\"\n",
+            "key = \"public/privkey.pem\"\nshutdown_grace = \"0s\"\n",
+        ),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(5),
+        "server.shutdown_grace",
+        "must be greater than zero",
+    );
+
+    let (path, problem) = only_problem(&pki, &format!("{BASE}\n[timeouts]\nresponse = \"0ms\"\n"));
+    assert_problem(
+        &problem,
+        &path,
+        Some(14),
+        "timeouts.response",
+        "must be greater than zero",
+    );
+}
+
+#[test]
+fn bad_listen_address_is_refused() {
+    let pki = TestPki::new();
+    // A host name is not resolved at load: the listener needs an IP.
+    let (path, problem) = only_problem(
+        &pki,
+        &edit("listen = \"127.0.0.1:0\"", "listen = \"localhost:8443\""),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(2),
+        "server.listen",
+        "\"localhost:8443\" is not an address:port",
+    );
+}
+
+#[test]
+fn bad_route_address_is_refused() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(&pki, &format!("{BASE}address = \"backend-api:8443\"\n"));
+    assert_problem(
+        &problem,
+        &path,
+        Some(12),
+        "route[0].address",
+        "\"backend-api:8443\" is not an ip:port",
+    );
+}
+
+#[test]
+fn http_upstream_is_refused() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(
+        &pki,
+        &edit(
+            "upstream = \"https://backend-api:8443/\"",
+            "upstream = \"http://backend-api:8080/\"",
+        ),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(11),
+        "route[0].upstream",
+        "plain http upstreams are refused, all internal traffic is encrypted",
+    );
+}
+
+#[test]
+fn non_https_scheme_is_refused() {
+    let pki = TestPki::new();
+    let cases = [
+        (
+            "ftp://backend-api/",
+            "scheme \"ftp\" is not supported, use https://",
+        ),
+        ("ws://backend-api:8080/", "scheme \"ws\" is not supported"),
+        ("backend-api:8443", "must be an absolute https:// URL"),
+    ];
+    for (upstream, reason) in cases {
+        let (path, problem) = only_problem(
+            &pki,
+            &edit(
+                "upstream = \"https://backend-api:8443/\"",
+                &format!("upstream = \"{upstream}\""),
+            ),
+        );
+        assert_problem(&problem, &path, Some(11), "route[0].upstream", reason);
+    }
+}
+
+#[test]
+fn prefix_must_start_with_a_slash() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(&pki, &edit("prefix = \"/api\"", "prefix = \"api\""));
+    assert_problem(
+        &problem,
+        &path,
+        Some(10),
+        "route[0].prefix",
+        "prefix \"api\" must start with '/'",
+    );
+}
+
+#[test]
+fn duplicate_prefix_names_the_first_line() {
+    let pki = TestPki::new();
+    // "/api/" normalises to "/api": the same prefix.
+    let text = format!(
+        "{BASE}\n[[route]]\nprefix = \"/api/\"\nupstream = \"https://backend-other:8443/\"\n"
+    );
+    let (path, problem) = only_problem(&pki, &text);
+    assert_problem(
+        &problem,
+        &path,
+        Some(14),
+        "route[1].prefix",
+        "prefix \"/api\" is already routed on line 10",
+    );
+}
+
+#[test]
+fn one_upstream_cannot_have_two_addresses() {
+    let pki = TestPki::new();
+    let second = |address: &str| {
+        format!(
+            "{BASE}address = \"127.0.0.1:9001\"\n\n[[route]]\nprefix = \"/v2\"\n\
+             upstream = \"https://BACKEND-API:8443/v2/\"\naddress = \"{address}\"\n"
+        )
+    };
+    // Same host:port (case-insensitively), same address: fine.
+    let (_, loaded) = load(&pki, &second("127.0.0.1:9001"));
+    let config = loaded.unwrap_or_else(|e| panic!("same address must load: {e}"));
+    assert_eq!(config.routes.len(), 2);
+
+    // Same host:port, another address: refused on the second route's address line (17).
+    let (path, problem) = only_problem(&pki, &second("127.0.0.2:9001"));
+    assert_problem(
+        &problem,
+        &path,
+        Some(17),
+        "route[1].address",
+        "backend-api:8443 already connects to 127.0.0.1:9001 (line 10); \
+         one upstream can have only one address",
+    );
+}
+
+#[test]
+fn no_route_is_refused() {
+    let pki = TestPki::new();
+    let text = edit(
+        "[[route]]\nprefix = \"/api\"\nupstream = \"https://backend-api:8443/\"\n",
+        "",
+    );
+    let (path, problem) = only_problem(&pki, &text);
+    assert_eq!(problem.file, path);
+    assert_eq!(problem.line, None, "no line holds the missing route");
+    assert_eq!(problem.key.as_deref(), Some("route"));
+    assert!(
+        problem.reason.contains("no [[route]] is defined"),
+        "{}",
+        problem.reason
+    );
+}
+
+#[test]
+fn missing_cert_file_names_the_path() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(
+        &pki,
+        &edit(
+            "cert = \"public/fullchain.pem\"",
+            "cert = \"public/missing.pem\"",
+        ),
+    );
+    let missing = pki.path("public/missing.pem");
+    assert_problem(
+        &problem,
+        &path,
+        Some(3),
+        "server.cert",
+        &format!("cannot read {}: ", missing.display()),
+    );
+}
+
+#[test]
+fn empty_ca_file_is_refused() {
+    let pki = TestPki::new();
+    write(&pki.path("empty.pem"), "");
+    let (path, problem) = only_problem(&pki, &edit("ca = \"ca.pem\"", "ca = \"empty.pem\""));
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{} holds no CERTIFICATE block",
+            pki.path("empty.pem").display()
+        ),
+    );
+}
+
+#[test]
+fn ca_file_holding_a_private_key_is_refused() {
+    let pki = TestPki::new();
+    // The certificate is perfectly usable; the key next to it is what is refused.
+    write(
+        &pki.path("ca-with-key.pem"),
+        &(pki.root.cert_pem() + &pki.root.key_pem()),
+    );
+    let (path, problem) = only_problem(&pki, &edit("ca = \"ca.pem\"", "ca = \"ca-with-key.pem\""));
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{} holds a PRIVATE KEY block: CA private keys never belong on the proxy",
+            pki.path("ca-with-key.pem").display()
+        ),
+    );
+}
+
+#[test]
+fn key_that_does_not_match_the_cert_is_refused() {
+    let pki = TestPki::new();
+    let other = pki
+        .public_ca
+        .issue(&LeafRequest::server("localhost", 30))
+        .unwrap();
+    write(&pki.path("public/other.key"), &other.key_pem);
+    let (path, problem) = only_problem(
+        &pki,
+        &edit("key = \"public/privkey.pem\"", "key = \"public/other.key\""),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(4),
+        "server.key",
+        &format!(
+            "the private key in {} does not match the certificate in {}",
+            pki.path("public/other.key").display(),
+            pki.path("public/fullchain.pem").display()
+        ),
+    );
+}
+
+#[test]
+fn garbage_pem_is_refused() {
+    let pki = TestPki::new();
+    write(
+        &pki.path("public/garbage.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!! this is not base64 !!!\n-----END CERTIFICATE-----\n",
+    );
+    let (path, problem) = only_problem(
+        &pki,
+        &edit(
+            "cert = \"public/fullchain.pem\"",
+            "cert = \"public/garbage.pem\"",
+        ),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(3),
+        "server.cert",
+        &format!(
+            "{} is not valid PEM",
+            pki.path("public/garbage.pem").display()
+        ),
+    );
+
+    // Text with no PEM block at all, as a key: named as such.
+    write(&pki.path("public/garbage.key"), "just some words\n");
+    let (path, problem) = only_problem(
+        &pki,
+        &edit(
+            "key = \"public/privkey.pem\"",
+            "key = \"public/garbage.key\"",
+        ),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(4),
+        "server.key",
+        &format!(
+            "{} holds no private key",
+            pki.path("public/garbage.key").display()
+        ),
+    );
+}
+
+#[test]
+fn empty_ca_array_is_refused() {
+    let pki = TestPki::new();
+    let (path, problem) = only_problem(&pki, &edit("ca = \"ca.pem\"", "ca = []"));
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        "names no file: the internal CA certificate is required",
+    );
+}
+
+#[tokio::test]
+async fn ca_array_trusts_every_root_and_only_those() {
+    let pki = TestPki::new();
+    let second = Ca::root("Second Internal Root", Validity::days(30)).unwrap();
+    write(&pki.path("ca2.pem"), &second.cert_pem());
+    let (_, loaded) = load(
+        &pki,
+        &edit("ca = \"ca.pem\"", "ca = [\"ca.pem\", \"ca2.pem\"]"),
+    );
+    let config = loaded.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.upstream_tls.ca_files,
+        vec![pki.path("ca.pem"), pki.path("ca2.pem")]
+    );
+    assert_eq!(
+        config.upstream_tls.anchors,
+        vec![pki.root.cert().clone(), second.cert().clone()]
+    );
+
+    // The upstream client config really trusts both roots, and nothing else.
+    let issued = second
+        .issue(&LeafRequest::server("backend-api", 30))
+        .unwrap();
+    let from_second = ServerCert {
+        chain: vec![issued.cert],
+        chain_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config.upstream_tls.client.clone()));
+    let handshake = |cert: ServerCert| {
+        let connector = connector.clone();
+        async move {
+            let backend = Backend::recording(&cert, &[b"http/1.1"], "b").await;
+            let tcp = tokio::net::TcpStream::connect(backend.addr).await.unwrap();
+            let result = connector
+                .connect(ServerName::try_from("backend-api").unwrap(), tcp)
+                .await
+                .map(drop);
+            backend.join().await;
+            result
+        }
+    };
+    handshake(pki.leaf(&["backend-api"]))
+        .await
+        .expect("a leaf under the first root is trusted");
+    handshake(from_second)
+        .await
+        .expect("a leaf under the second root is trusted");
+    let refused = handshake(pki.foreign("backend-api"))
+        .await
+        .expect_err("a leaf under another root is refused");
+    assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let pki = TestPki::new();
+    // The config lives two folders down; its paths are relative to that folder, not to the
+    // working directory of the test (the crate root), where none of these files exist.
+    let sub = pki.path("etc/trustgate");
+    write(
+        &sub.join("tls/fullchain.pem"),
+        &std::fs::read_to_string(pki.path("public/fullchain.pem")).unwrap(),
+    );
+    write(
+        &sub.join("tls/privkey.pem"),
+        &std::fs::read_to_string(pki.path("public/privkey.pem")).unwrap(),
+    );
+    let text = edit(
+        "cert = \"public/fullchain.pem\"",
+        "cert = \"tls/fullchain.pem\"",
+    )
+    .replace(
+        "key = \"public/privkey.pem\"",
+        "key = \"./tls/privkey.pem\"",
+    )
+    .replace("ca = \"ca.pem\"", "ca = \"../../ca.pem\"");
+    let path = sub.join("trustgate.toml");
+    write(&path, &text);
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.server.cert, sub.join("tls/fullchain.pem"));
+    assert_eq!(config.server.key, sub.join("./tls/privkey.pem"));
+    assert_eq!(config.upstream_tls.ca_files, vec![sub.join("../../ca.pem")]);
+    assert_eq!(config.upstream_tls.anchors, vec![pki.root.cert().clone()]);
+
+    // An absolute path is taken as is.
+    let absolute = pki.path("ca.pem");
+    let text = text.replace(
+        "ca = \"../../ca.pem\"",
+        &format!("ca = {:?}", absolute.display().to_string()),
+    );
+    write(&path, &text);
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.upstream_tls.ca_files, vec![absolute]);
+}
+
+#[test]
+fn every_mistake_is_reported_at_once_sorted_by_line() {
+    let pki = TestPki::new();
+    write(&pki.path("empty.pem"), "");
+    let text = "\
+[server]
+listen = \"nowhere\"
+cert = \"public/fullchain.pem\"
+key = \"public/missing.key\"
+shutdown_grace = \"0s\"
+
+[upstream_tls]
+ca = \"empty.pem\"
+
+[timeouts]
+connect = \"5 parsecs\"
+
+[[route]]
+prefix = \"api\"
+upstream = \"http://backend-api:8080/\"
+
+[[route]]
+prefix = \"/reports\"
+upstream = \"https://backend-reports:8443/\"
+address = \"backend-reports\"
+";
+    let (path, problems) = problems(&pki, text);
+    let want: &[(usize, &str, &str)] = &[
+        (2, "server.listen", "\"nowhere\" is not an address:port"),
+        (4, "server.key", "cannot read"),
+        (5, "server.shutdown_grace", "must be greater than zero"),
+        (8, "upstream_tls.ca", "holds no CERTIFICATE block"),
+        (11, "timeouts.connect", "is not a duration"),
+        (14, "route[0].prefix", "must start with '/'"),
+        (15, "route[0].upstream", "all internal traffic is encrypted"),
+        (20, "route[1].address", "is not an ip:port"),
+    ];
+    let got: Vec<_> = problems
+        .iter()
+        .map(|p| (p.line, p.key.as_deref()))
+        .collect();
+    let expected: Vec<_> = want
+        .iter()
+        .map(|&(line, key, _)| (Some(line), Some(key)))
+        .collect();
+    assert_eq!(got, expected, "{problems:#?}");
+    for (problem, &(line, key, reason)) in problems.iter().zip(want) {
+        assert_problem(problem, &path, Some(line), key, reason);
+    }
+
+    // Displayed one per line as `file:line: key: reason`.
+    let shown = ConfigError { problems }.to_string();
+    let lines: Vec<_> = shown.lines().collect();
+    assert_eq!(lines.len(), want.len(), "{shown}");
+    for (shown, &(line, key, reason)) in lines.iter().zip(want) {
+        let head = format!("{}:{line}: {key}: ", path.display());
+        assert!(
+            shown.starts_with(&head),
+            "{shown:?} should start with {head:?}"
+        );
+        assert!(shown.contains(reason), "{shown:?}");
+    }
+}
