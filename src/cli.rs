@@ -49,6 +49,8 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Run the internal CA: offline root, intermediate, one certificate per service.
+    Pki(trustgate::pki::commands::PkiArgs),
     /// Run the HTTPS echo backend: it answers each request with what it received.
     Echo {
         /// Address to listen on.

@@ -15,6 +15,12 @@ use trustgate::{Config, Gateway, demo, echo, tls};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::Demo { .. } | Command::Echo { .. }
+    ) {
+        restore_sigpipe();
+    }
     init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -60,6 +66,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             demo::run(listen, dir).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pki(args) => {
+            trustgate::pki::commands::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Echo { listen, cert, key } => {
             let tls = tls::server::config(tls::load_certs(&cert)?, tls::load_key(&key)?)
                 .with_context(|| format!("cannot use {} with {}", cert.display(), key.display()))?;
@@ -81,6 +91,16 @@ fn report_config_error(error: &trustgate::config::ConfigError) -> ExitCode {
     );
     eprintln!("{error}");
     ExitCode::FAILURE
+}
+
+/// One-shot commands die quietly on a closed pipe (`trustgate pki list | head`) instead of
+/// panicking on the failed write. Servers keep Rust's default of ignoring SIGPIPE.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 fn init_logging(format: LogFormat) {

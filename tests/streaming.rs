@@ -53,12 +53,12 @@ impl HttpBody for Generated {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        if self.sent_first {
-            if let Some(gate) = self.gate.as_mut() {
-                match Pin::new(gate).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(_) => self.gate = None,
-                }
+        if self.sent_first
+            && let Some(gate) = self.gate.as_mut()
+        {
+            match Pin::new(gate).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => self.gate = None,
             }
         }
         self.sent_first = true;
@@ -107,10 +107,11 @@ async fn large_bodies_stream_both_ways_with_flat_memory() {
                     let Ok(data) = frame.map(|f| f.into_data().unwrap_or_default()) else {
                         break;
                     };
-                    if received == 0 && !data.is_empty() {
-                        if let Some(tx) = first_upload_tx.lock().unwrap().take() {
-                            let _ = tx.send(());
-                        }
+                    if received == 0
+                        && !data.is_empty()
+                        && let Some(tx) = first_upload_tx.lock().unwrap().take()
+                    {
+                        let _ = tx.send(());
                     }
                     received += data.len() as u64;
                 }

@@ -151,7 +151,7 @@ async fn publicly_trusted_certificate_is_not_trusted_for_upstreams() {
     let pki = TestPki::new();
     let line = refused(
         &pki,
-        &pki.from_public_ca("backend-public"),
+        &pki.issued_by_public_ca("backend-public"),
         "backend-public",
     )
     .await;

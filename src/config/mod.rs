@@ -122,6 +122,41 @@ impl Config {
         }
     }
 
+    /// The folders a config file names (its own, and those of every certificate, key and CA
+    /// file), read from the TOML alone so it works before those files exist. The PKI commands
+    /// refuse to write CA keys into any of them, so a CA key can never be mounted into the proxy.
+    pub fn named_folders(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: path.into(),
+                line: None,
+                key: None,
+                reason: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        let file = toml::from_str::<ConfigFile>(&text).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: path.into(),
+                line: e.span().map(|span| line_of(&text, span.start)),
+                key: e.span().and_then(|span| key_at(&text, span.start)),
+                reason: e.message().trim().to_owned(),
+            }],
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let named = [file.server.cert.get_ref(), file.server.key.get_ref()]
+            .into_iter()
+            .chain(file.upstream_tls.ca.get_ref().as_slice())
+            .map(|raw| dir.join(raw))
+            .filter_map(|file| file.parent().map(Path::to_path_buf));
+        let mut folders = vec![dir.clone()];
+        for folder in named {
+            if !folders.contains(&folder) {
+                folders.push(folder);
+            }
+        }
+        Ok(folders)
+    }
+
     /// A human summary of what was loaded, printed by `trustgate check`.
     pub fn summary(&self) -> impl fmt::Display + '_ {
         Summary(self)

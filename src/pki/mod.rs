@@ -4,15 +4,18 @@
 //! The demo and the test suite build their certificates through this module too, so the code that
 //! operators use to run their CA is the code the tests exercise.
 
-use std::net::IpAddr;
-
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints,
-    SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
+
+pub mod commands;
+pub mod inspect;
+pub mod store;
+
+use std::path::PathBuf;
 
 /// Why a certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,55 @@ pub enum PkiError {
     NoName,
     #[error("no secure random bytes for a serial number")]
     Random,
+    #[error("{0} is not a CA certificate")]
+    NotCa(String),
+    // The io error is part of the message, not a `source`, so a printed chain says it once.
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} already exists; it is never overwritten silently", .0.display())]
+    Exists(PathBuf),
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl PkiError {
+    pub(crate) fn io(path: &std::path::Path, error: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+}
+
+/// The key algorithm of a new key pair.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256: small, fast, universally supported.
+    #[default]
+    P256,
+    /// ECDSA on P-384 with SHA-384.
+    P384,
+    /// RSA 3072 with SHA-256, for peers that cannot do ECDSA.
+    Rsa3072,
+    /// Ed25519.
+    Ed25519,
+}
+
+impl KeyType {
+    /// A fresh key pair of this type.
+    pub fn generate(self) -> Result<KeyPair, PkiError> {
+        Ok(match self {
+            Self::P256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?,
+            Self::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384)?,
+            Self::Rsa3072 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)?
+            }
+            Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519)?,
+        })
+    }
 }
 
 /// When a certificate is valid.
@@ -84,6 +136,8 @@ impl LeafRequest {
 /// An issued certificate with its fresh private key.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// The serial number, lowercase hex.
+    pub serial: String,
     pub cert: CertificateDer<'static>,
     pub cert_pem: String,
     /// PKCS#8 PEM. Belongs only on the host that serves the certificate.
@@ -93,16 +147,29 @@ pub struct Issued {
 /// A certificate authority: its certificate and signing key.
 #[derive(Debug)]
 pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Ca {
-    /// A self-signed root CA. Its key belongs in offline storage.
+    /// A self-signed root CA with a P-256 key. Its key belongs in offline storage.
     pub fn root(common_name: &str, validity: Validity) -> Result<Self, PkiError> {
+        Self::root_with(common_name, validity, KeyType::default())
+    }
+
+    pub fn root_with(
+        common_name: &str,
+        validity: Validity,
+        key_type: KeyType,
+    ) -> Result<Self, PkiError> {
         let params = ca_params(common_name, validity, BasicConstraints::Unconstrained)?;
-        let key = KeyPair::generate()?;
+        let key = key_type.generate()?;
+        let cert = params.self_signed(&key)?;
         Ok(Self {
-            issuer: CertifiedIssuer::self_signed(params, key)?,
+            cert: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
         })
     }
 
@@ -116,6 +183,16 @@ impl Ca {
         validity: Validity,
         permitted_dns: &[String],
     ) -> Result<Self, PkiError> {
+        self.intermediate_with(common_name, validity, permitted_dns, KeyType::default())
+    }
+
+    pub fn intermediate_with(
+        &self,
+        common_name: &str,
+        validity: Validity,
+        permitted_dns: &[String],
+        key_type: KeyType,
+    ) -> Result<Self, PkiError> {
         let mut params = ca_params(common_name, validity, BasicConstraints::Constrained(0))?;
         if !permitted_dns.is_empty() {
             params.name_constraints = Some(NameConstraints {
@@ -126,30 +203,62 @@ impl Ca {
                 excluded_subtrees: Vec::new(),
             });
         }
-        let key = KeyPair::generate()?;
+        let key = key_type.generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Self {
-            issuer: CertifiedIssuer::signed_by(params, key, &self.issuer)?,
+            cert: cert.der().clone(),
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
         })
     }
 
-    /// Issues a leaf with a fresh key pair.
+    /// A CA from its PEM certificate and PEM private key (as `pki init-*` writes them).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        if !parsed.is_ca() {
+            return Err(PkiError::NotCa(parsed.subject().to_string()));
+        }
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            cert,
+            issuer,
+        })
+    }
+
+    /// Issues a leaf with a fresh P-256 key pair.
     pub fn issue(&self, request: &LeafRequest) -> Result<Issued, PkiError> {
+        self.issue_with(request, KeyType::default())
+    }
+
+    /// Issues a leaf with a fresh key pair of `key_type`: keys are never reused.
+    pub fn issue_with(&self, request: &LeafRequest, key_type: KeyType) -> Result<Issued, PkiError> {
         let first = request.names.first().ok_or(PkiError::NoName)?;
         let mut params = CertificateParams::new(request.names.clone())?;
         params.distinguished_name = name(first);
-        params.serial_number = Some(serial()?);
+        let (serial, hex) = serial()?;
+        params.serial_number = Some(serial);
         params.not_before = request.validity.not_before;
         params.not_after = request.validity.not_after;
         params.is_ca = IsCa::ExplicitNoCa;
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if key_type == KeyType::Rsa3072 {
+            params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+        }
         params.extended_key_usages = vec![match request.usage {
             Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
             Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
         }];
-        let key = KeyPair::generate()?;
+        let key = key_type.generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
+            serial: hex,
             cert: cert.der().clone(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -157,16 +266,21 @@ impl Ca {
     }
 
     pub fn cert(&self) -> &CertificateDer<'static> {
-        self.issuer.der()
+        &self.cert
     }
 
     pub fn cert_pem(&self) -> String {
-        self.issuer.pem()
+        self.cert_pem.clone()
     }
 
     /// The CA's private key, PKCS#8 PEM: for offline storage only, never for the proxy.
     pub fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
+    }
+
+    /// The rcgen issuer, to sign CRLs.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
     }
 }
 
@@ -177,7 +291,7 @@ fn ca_params(
 ) -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = name(common_name);
-    params.serial_number = Some(serial()?);
+    params.serial_number = Some(serial()?.0);
     params.not_before = validity.not_before;
     params.not_after = validity.not_after;
     params.is_ca = IsCa::Ca(constraints);
@@ -196,8 +310,8 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-/// A random positive 128-bit serial, as RFC 5280 asks for unpredictable serials.
-fn serial() -> Result<SerialNumber, PkiError> {
+/// A random positive 128-bit serial (RFC 5280 wants them unpredictable), and its hex form.
+fn serial() -> Result<(SerialNumber, String), PkiError> {
     let mut bytes = [0u8; 16];
     crate::tls::provider()
         .secure_random
@@ -205,12 +319,8 @@ fn serial() -> Result<SerialNumber, PkiError> {
         .map_err(|_| PkiError::Random)?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // and exactly 16 bytes long
-    Ok(SerialNumber::from_slice(&bytes))
-}
-
-/// True when `name` is an IP address rather than a DNS name.
-pub fn is_ip(name: &str) -> bool {
-    name.parse::<IpAddr>().is_ok()
+    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((SerialNumber::from_slice(&bytes), hex))
 }
 
 #[cfg(test)]
@@ -243,6 +353,10 @@ mod tests {
         assert!(leaf.key_pem.contains("PRIVATE KEY"));
     }
 
+    fn hex(bytes: Vec<u8>) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn every_leaf_gets_its_own_key_and_serial() {
         let root = Ca::root("Test Root", Validity::days(30)).unwrap();
@@ -257,6 +371,6 @@ mod tests {
                 .to_vec()
         };
         assert_ne!(serial(&a.cert), serial(&b.cert));
-        assert!(is_ip("127.0.0.1") && !is_ip("backend-api"));
+        assert_eq!(hex(serial(&a.cert)), a.serial);
     }
 }

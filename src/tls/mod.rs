@@ -25,15 +25,16 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Why a PEM file could not be used. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
-    #[error("cannot read {}: {source}", path.display())]
+    // Causes are part of the message, not a `source`, so a printed chain says them once.
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{} is not valid PEM: {source}", path.display())]
+    #[error("{} is not valid PEM: {error}", path.display())]
     Malformed {
         path: PathBuf,
-        source: rustls::pki_types::pem::Error,
+        error: rustls::pki_types::pem::Error,
     },
     #[error("{} holds no CERTIFICATE block", path.display())]
     NoCertificate { path: PathBuf },
@@ -68,9 +69,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
     let bytes = read(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => PemError::NoKey { path: path.into() },
-        source => PemError::Malformed {
+        error => PemError::Malformed {
             path: path.into(),
-            source,
+            error,
         },
     })
 }
@@ -82,18 +83,18 @@ pub fn holds_private_key(pem: &[u8]) -> bool {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PemError> {
-    std::fs::read(path).map_err(|source| PemError::Read {
+    std::fs::read(path).map_err(|error| PemError::Read {
         path: path.into(),
-        source,
+        error,
     })
 }
 
 fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| PemError::Malformed {
+        .map_err(|error| PemError::Malformed {
             path: path.into(),
-            source,
+            error,
         })?;
     if certs.is_empty() {
         return Err(PemError::NoCertificate { path: path.into() });

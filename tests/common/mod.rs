@@ -182,7 +182,7 @@ impl TestPki {
     }
 
     /// A chain from the public CA the clients trust: still not trusted for upstreams.
-    pub fn from_public_ca(&self, name: &str) -> ServerCert {
+    pub fn issued_by_public_ca(&self, name: &str) -> ServerCert {
         ServerCert::from_issued(
             self.public_ca
                 .issue(&LeafRequest::server(name, 30))
@@ -340,12 +340,11 @@ impl Backend {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
+        if let Some(task) = self.task.take()
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }

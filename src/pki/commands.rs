@@ -1,0 +1,834 @@
+//! `trustgate pki`: run the internal CA the way the architecture needs it.
+//!
+//! An offline root signs an intermediate; the intermediate signs one leaf per service with the
+//! service name in the SAN; each leaf gets a fresh key; only public CA certificates leave the CA
+//! folders; and no command writes a CA key into a folder the proxy's config names.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use rcgen::{
+    CertificateRevocationListParams, KeyIdMethod, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use time::OffsetDateTime;
+
+use super::inspect::{CertInfo, rfc3339};
+use super::store::{self, CaDir, Entry, Kind, Status};
+use super::{KeyType, LeafRequest, Usage, Validity};
+use crate::config::Config;
+
+/// `trustgate pki ...`
+#[derive(Debug, Args)]
+pub struct PkiArgs {
+    /// The proxy's config file: CA private keys are never written into a folder it names.
+    /// Default: $TRUSTGATE_CONFIG, else ./trustgate.toml when it exists.
+    #[arg(long, global = true, env = "TRUSTGATE_CONFIG")]
+    pub proxy_config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: PkiCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Create the root CA (self-signed; keyCertSign + cRLSign). Its folder belongs in offline
+    /// storage: it is needed only to sign intermediates and the root's CRL.
+    InitRoot {
+        /// New folder for the root: ca.crt, ca.key (0600), index.txt.
+        #[arg(long)]
+        out: PathBuf,
+        /// The root's common name.
+        #[arg(long, default_value = "trustgate internal root CA")]
+        cn: String,
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+        #[arg(long, value_enum, default_value_t)]
+        key_type: KeyType,
+    },
+    /// Create an intermediate CA signed by the root (path length 0: it signs leaves only).
+    ///
+    /// With --permit-dns, X.509 name constraints limit the intermediate to those DNS suffixes:
+    /// it can then never vouch for a public name such as a bank's, even if its key leaks.
+    InitIntermediate {
+        /// The root's folder (from init-root).
+        #[arg(long)]
+        root: PathBuf,
+        /// New folder for the intermediate: ca.crt, ca.key (0600), root.crt, index.txt.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "trustgate internal intermediate CA")]
+        cn: String,
+        #[arg(long, default_value_t = 1825)]
+        days: i64,
+        /// A DNS suffix the intermediate may issue for (repeatable), e.g. `internal` or
+        /// `backend-api`.
+        #[arg(long = "permit-dns", value_name = "SUFFIX")]
+        permit_dns: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        key_type: KeyType,
+    },
+    /// Issue a leaf with a fresh key: server.crt (leaf + intermediate), server.key (0600) and
+    /// ca-chain.pem (intermediate + root); with --client, client.crt and client.key.
+    Issue {
+        /// The intermediate's folder.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The service name (the Docker service): SNI and the SAN the proxy checks.
+        #[arg(long, required_unless_present = "client", conflicts_with = "client")]
+        name: Option<String>,
+        /// Issue a client certificate (EKU clientAuth) for NAME instead: the proxy's mTLS identity.
+        #[arg(long, value_name = "NAME")]
+        client: Option<String>,
+        /// Another DNS name for the SAN (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// An IP address for the SAN (repeatable).
+        #[arg(long)]
+        ip: Vec<IpAddr>,
+        #[arg(long, default_value_t = 90)]
+        days: i64,
+        /// Folder for the files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Issue even though a live certificate for the name exists (it is marked superseded),
+        /// and replace existing files atomically.
+        #[arg(long)]
+        renew: bool,
+        #[arg(long, value_enum, default_value_t)]
+        key_type: KeyType,
+    },
+    /// Mark a certificate revoked in the index; publish it with `pki crl`.
+    Revoke {
+        #[command(flatten)]
+        issuer: IssuerDir,
+        #[command(flatten)]
+        target: RevokeTarget,
+        #[arg(long, value_enum, default_value_t = Reason::Unspecified)]
+        reason: Reason,
+    },
+    /// Write the CA's certificate revocation list (PEM).
+    Crl {
+        #[command(flatten)]
+        issuer: IssuerDir,
+        #[arg(long)]
+        out: PathBuf,
+        /// Days until the CRL's next update.
+        #[arg(long, default_value_t = 7)]
+        days: i64,
+    },
+    /// Re-issue every leaf under --certs that expires within --within: new key, files replaced
+    /// atomically. Idempotent: safe from cron or CI/CD.
+    Renew {
+        #[arg(long)]
+        ca: PathBuf,
+        /// Folder searched (recursively) for server.crt and client.crt.
+        #[arg(long)]
+        certs: PathBuf,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
+        within: Duration,
+        /// Validity of the new certificates (default: the old certificate's lifetime).
+        #[arg(long)]
+        days: Option<i64>,
+    },
+    /// List what a CA issued: name, serial, days left, status.
+    List {
+        #[command(flatten)]
+        issuer: IssuerDir,
+    },
+    /// Describe every certificate in the given PEM (or DER) files.
+    Inspect {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct IssuerDir {
+    /// An intermediate's folder.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The root's folder (for intermediates).
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+impl IssuerDir {
+    fn path(&self) -> &Path {
+        // The clap group makes exactly one of the two present.
+        self.ca
+            .as_deref()
+            .or(self.root.as_deref())
+            .unwrap_or(Path::new("."))
+    }
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeTarget {
+    /// The serial number (hex, as `pki list` shows it).
+    #[arg(long)]
+    serial: Option<String>,
+    /// Every live certificate for this name.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// RFC 5280 revocation reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Reason {
+    Unspecified,
+    KeyCompromise,
+    CaCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+impl Reason {
+    fn code(self) -> RevocationReason {
+        match self {
+            Self::Unspecified => RevocationReason::Unspecified,
+            Self::KeyCompromise => RevocationReason::KeyCompromise,
+            Self::CaCompromise => RevocationReason::CaCompromise,
+            Self::AffiliationChanged => RevocationReason::AffiliationChanged,
+            Self::Superseded => RevocationReason::Superseded,
+            Self::CessationOfOperation => RevocationReason::CessationOfOperation,
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::from_str(name, true).ok()
+    }
+}
+
+/// Runs one `pki` command, printing what it did.
+pub fn run(args: PkiArgs) -> anyhow::Result<()> {
+    let guard = KeyGuard::new(args.proxy_config)?;
+    match args.command {
+        PkiCommand::InitRoot {
+            out,
+            cn,
+            days,
+            key_type,
+        } => {
+            guard.check(&out)?;
+            let root = super::Ca::root_with(&cn, Validity::days(days), key_type)?;
+            let dir = CaDir::create(&out, root, None)?;
+            println!(
+                "created root CA \"{}\" in {}",
+                dir.info.subject,
+                out.display()
+            );
+            println!(
+                "  certificate: {} (public: distribute this one)",
+                out.join(store::CA_CERT).display()
+            );
+            println!(
+                "  private key: {} (mode 0600)",
+                out.join(store::CA_KEY).display()
+            );
+            println!("  valid until: {}", rfc3339(dir.info.not_after));
+            println!();
+            println!(
+                "Move {} to offline storage now. It is needed only to sign",
+                out.display()
+            );
+            println!("intermediates (pki init-intermediate) and the root's CRL (pki crl --root).");
+            Ok(())
+        }
+        PkiCommand::InitIntermediate {
+            root,
+            out,
+            cn,
+            days,
+            permit_dns,
+            key_type,
+        } => {
+            guard.check(&out)?;
+            let mut root_dir = CaDir::open(&root)?;
+            let validity = within_issuer(&root_dir, days)?;
+            let intermediate =
+                root_dir
+                    .ca
+                    .intermediate_with(&cn, validity, &permit_dns, key_type)?;
+            let dir = CaDir::create(&out, intermediate, Some(&root_dir.ca.cert_pem()))?;
+            root_dir.entries.push(Entry::from_cert(&dir.info, Kind::Ca));
+            root_dir.save()?;
+            println!(
+                "created intermediate CA \"{}\" in {}",
+                dir.info.subject,
+                out.display()
+            );
+            println!(
+                "  signed by:   {} (path length 0: signs service certificates only)",
+                root_dir.info.subject
+            );
+            if permit_dns.is_empty() {
+                println!(
+                    "  names:       any (add --permit-dns SUFFIX to constrain it to internal names)"
+                );
+            } else {
+                println!("  names:       only under {}", permit_dns.join(", "));
+            }
+            println!("  valid until: {}", rfc3339(dir.info.not_after));
+            println!(
+                "  private key: {} (mode 0600; keep it on the CA host, never on the proxy)",
+                out.join(store::CA_KEY).display()
+            );
+            Ok(())
+        }
+        PkiCommand::Issue {
+            ca,
+            name,
+            client,
+            dns,
+            ip,
+            days,
+            out,
+            renew,
+            key_type,
+        } => {
+            let (first, usage) = match (name, client) {
+                (Some(name), _) => (name, Usage::Server),
+                (None, Some(client)) => (client, Usage::Client),
+                (None, None) => bail!("give --name SERVICE or --client NAME"),
+            };
+            let mut names = vec![first];
+            names.extend(dns);
+            names.extend(ip.iter().map(IpAddr::to_string));
+            issue(&ca, names, usage, days, &out, renew, key_type)
+        }
+        PkiCommand::Revoke {
+            issuer,
+            target,
+            reason,
+        } => revoke(issuer.path(), &target, reason),
+        PkiCommand::Crl { issuer, out, days } => crl(issuer.path(), &out, days),
+        PkiCommand::Renew {
+            ca,
+            certs,
+            within,
+            days,
+        } => renew(&ca, &certs, within, days),
+        PkiCommand::List { issuer } => list(issuer.path()),
+        PkiCommand::Inspect { files } => inspect(&files),
+    }
+}
+
+fn issue(
+    ca: &Path,
+    names: Vec<String>,
+    usage: Usage,
+    days: i64,
+    out: &Path,
+    renew: bool,
+    key_type: KeyType,
+) -> anyhow::Result<()> {
+    let mut dir = CaDir::open(ca)?;
+    let mut seen = HashSet::new();
+    let names: Vec<String> = names
+        .into_iter()
+        .filter(|n| seen.insert(n.clone()))
+        .collect();
+    for name in &names {
+        rustls::pki_types::ServerName::try_from(name.as_str())
+            .map_err(|_| anyhow!("{name:?} is not a valid DNS name or IP address"))?;
+    }
+    check_name_constraints(&dir, &names)?;
+    let kind = if usage == Usage::Server {
+        Kind::Server
+    } else {
+        Kind::Client
+    };
+    let live: Vec<usize> = dir
+        .entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind == kind && e.is_live() && e.names.first() == names.first())
+        .map(|(i, _)| i)
+        .collect();
+    if let (Some(&i), false) = (live.first(), renew) {
+        let existing = &dir.entries[i];
+        bail!(
+            "a live certificate for {} exists (serial {}, valid until {}): one certificate per \
+             service; pass --renew to replace it (the old one is marked superseded)",
+            names[0],
+            existing.serial,
+            rfc3339(existing.not_after)
+        );
+    }
+    let validity = within_issuer(&dir, days)?;
+    let issued = dir.ca.issue_with(
+        &LeafRequest {
+            names: names.clone(),
+            validity,
+            usage,
+        },
+        key_type,
+    )?;
+    let info = CertInfo::parse(&issued.cert).map_err(|e| anyhow!(e))?;
+    let written = write_leaf(&dir, out, usage, &issued.cert_pem, &issued.key_pem, renew)?;
+    for i in live {
+        dir.entries[i].status = Status::Superseded;
+    }
+    dir.entries.push(Entry::from_cert(&info, kind));
+    dir.save()?;
+    println!(
+        "issued {} certificate for {}",
+        kind_name(kind),
+        names.join(", ")
+    );
+    println!("  serial:      {}", info.serial);
+    println!(
+        "  valid until: {} ({} days)",
+        rfc3339(info.not_after),
+        info.days_left()
+    );
+    for file in written {
+        println!("  wrote        {}", file.display());
+    }
+    Ok(())
+}
+
+/// Writes the leaf's files; returns their paths. New files never replace existing ones unless
+/// `replace`, and then atomically.
+fn write_leaf(
+    dir: &CaDir,
+    out: &Path,
+    usage: Usage,
+    cert_pem: &str,
+    key_pem: &str,
+    replace: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (cert_name, key_name) = match usage {
+        Usage::Server => ("server.crt", "server.key"),
+        Usage::Client => ("client.crt", "client.key"),
+    };
+    let chain = format!("{cert_pem}{}", dir.ca.cert_pem());
+    let ca_chain = format!(
+        "{}{}",
+        dir.ca.cert_pem(),
+        dir.root_cert_pem()?.unwrap_or_default()
+    );
+    let files = [
+        (out.join(key_name), key_pem.to_owned(), 0o600),
+        (out.join(cert_name), chain, 0o644),
+        (out.join("ca-chain.pem"), ca_chain, 0o644),
+    ];
+    if !replace && let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
+        bail!(
+            "{} already exists; pass --renew to replace the files atomically",
+            path.display()
+        );
+    }
+    for (path, contents, mode) in &files {
+        if replace {
+            store::replace_atomic(path, contents.as_bytes(), *mode)?;
+        } else {
+            store::write_new(path, contents.as_bytes(), *mode)?;
+        }
+    }
+    Ok(files.into_iter().map(|(path, _, _)| path).collect())
+}
+
+/// A validity of `days` from now, refused when it would outlive the issuing CA.
+fn within_issuer(issuer: &CaDir, days: i64) -> anyhow::Result<Validity> {
+    if days <= 0 {
+        bail!("--days must be at least 1");
+    }
+    let validity = Validity::days(days);
+    if validity.not_after > issuer.info.not_after {
+        bail!(
+            "the certificate would outlive its issuer \"{}\" (valid until {}); use --days {} or less",
+            issuer.info.subject,
+            rfc3339(issuer.info.not_after),
+            issuer.info.days_left().max(1)
+        );
+    }
+    Ok(validity)
+}
+
+/// Refuses DNS names outside the issuing CA's permitted subtrees: the proxy would reject them.
+fn check_name_constraints(dir: &CaDir, names: &[String]) -> anyhow::Result<()> {
+    let (_, cert) = x509_parser::parse_x509_certificate(dir.ca.cert())
+        .map_err(|e| anyhow!("cannot parse the CA certificate: {e}"))?;
+    let Ok(Some(constraints)) = cert.name_constraints() else {
+        return Ok(());
+    };
+    let Some(permitted) = &constraints.value.permitted_subtrees else {
+        return Ok(());
+    };
+    let suffixes: Vec<&str> = permitted
+        .iter()
+        .filter_map(|subtree| match &subtree.base {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(*dns),
+            _ => None,
+        })
+        .collect();
+    if suffixes.is_empty() {
+        return Ok(());
+    }
+    for name in names.iter().filter(|n| n.parse::<IpAddr>().is_err()) {
+        let allowed = suffixes.iter().any(|suffix| {
+            let suffix = suffix.trim_start_matches('.');
+            name.eq_ignore_ascii_case(suffix)
+                || name
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
+        });
+        if !allowed {
+            bail!(
+                "{name:?} is outside the names this CA may issue for ({}): the proxy would refuse it",
+                suffixes.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn revoke(issuer: &Path, target: &RevokeTarget, reason: Reason) -> anyhow::Result<()> {
+    let mut dir = CaDir::open(issuer)?;
+    let now = OffsetDateTime::now_utc();
+    let wanted_serial = target.serial.as_deref().map(normalize_serial);
+    let mut revoked = Vec::new();
+    for entry in &mut dir.entries {
+        let hit = match (&wanted_serial, &target.name) {
+            (Some(serial), _) => &entry.serial == serial,
+            (None, Some(name)) => {
+                entry.names.first() == Some(name) && entry.status == Status::Valid
+            }
+            (None, None) => false,
+        };
+        if hit && !matches!(entry.status, Status::Revoked { .. }) {
+            entry.status = Status::Revoked {
+                at: now,
+                reason: reason.name(),
+            };
+            revoked.push(format!("{} ({})", entry.serial, entry.names.join(",")));
+        }
+    }
+    if revoked.is_empty() {
+        bail!(
+            "no unrevoked certificate in {} matches",
+            dir.dir.join(store::INDEX).display()
+        );
+    }
+    dir.save()?;
+    for line in revoked {
+        println!("revoked {line}: {}", reason.name());
+    }
+    let flag = if dir.info.is_self_signed() {
+        "--root"
+    } else {
+        "--ca"
+    };
+    println!(
+        "Publish it: trustgate pki crl {flag} {} --out FILE",
+        issuer.display()
+    );
+    Ok(())
+}
+
+fn crl(issuer: &Path, out: &Path, days: i64) -> anyhow::Result<()> {
+    if days <= 0 {
+        bail!("--days must be at least 1");
+    }
+    let dir = CaDir::open(issuer)?;
+    let now = OffsetDateTime::now_utc();
+    let mut revoked_certs = Vec::new();
+    for entry in &dir.entries {
+        if let Status::Revoked { at, reason } = &entry.status {
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&decode_hex(&entry.serial)?),
+                revocation_time: *at,
+                reason_code: Reason::from_name(reason).map(Reason::code),
+                invalidity_date: None,
+            });
+        }
+    }
+    let number = dir.next_crl_number()?;
+    let params = CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + time::Duration::days(days),
+        crl_number: SerialNumber::from_slice(&number.to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(dir.ca.issuer())?;
+    store::replace_atomic(out, crl.pem()?.as_bytes(), 0o644)?;
+    println!(
+        "wrote CRL #{number} of \"{}\" to {}: {} revoked, next update {}",
+        dir.info.subject,
+        out.display(),
+        params.revoked_certs.len(),
+        rfc3339(params.next_update)
+    );
+    Ok(())
+}
+
+fn renew(ca: &Path, certs: &Path, within: Duration, days: Option<i64>) -> anyhow::Result<()> {
+    let mut dir = CaDir::open(ca)?;
+    let mut found = Vec::new();
+    find_leaves(certs, 0, &mut found)?;
+    if found.is_empty() {
+        bail!("no server.crt or client.crt under {}", certs.display());
+    }
+    found.sort();
+    let window = time::Duration::try_from(within).map_err(|e| anyhow!("--within: {e}"))?;
+    let (mut renewed, mut unchanged) = (0, 0);
+    for path in found {
+        let pem = store::read_string(&path)?;
+        let leaf = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .ok_or_else(|| anyhow!("{} holds no certificate", path.display()))?
+            .with_context(|| format!("{} is not valid PEM", path.display()))?;
+        let info = CertInfo::parse(&leaf).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let Some(index) = dir.entries.iter().position(|e| e.serial == info.serial) else {
+            println!(
+                "skipped   {}: not issued by \"{}\"",
+                path.display(),
+                dir.info.subject
+            );
+            continue;
+        };
+        if matches!(dir.entries[index].status, Status::Revoked { .. }) {
+            println!(
+                "skipped   {}: revoked; issue a new one with pki issue",
+                path.display()
+            );
+            continue;
+        }
+        if info.not_after - OffsetDateTime::now_utc() > window {
+            println!(
+                "unchanged {} ({}): {} days left",
+                path.display(),
+                info.name(),
+                info.days_left()
+            );
+            unchanged += 1;
+            continue;
+        }
+        let (kind, usage) = match dir.entries[index].kind {
+            Kind::Client => (Kind::Client, Usage::Client),
+            _ => (Kind::Server, Usage::Server),
+        };
+        let lifetime =
+            days.unwrap_or_else(|| (info.not_after - info.not_before).whole_days().max(1));
+        if time::Duration::days(lifetime) <= window {
+            println!(
+                "warning   {}: a {lifetime}-day certificate is always within the {}-day window, \
+                 so every run renews it; pass --days or a shorter --within",
+                path.display(),
+                window.whole_days()
+            );
+        }
+        let validity = within_issuer(&dir, lifetime)?;
+        let names = dir.entries[index].names.clone();
+        let key_type = match info.key_type.as_str() {
+            "ECDSA P-384" => KeyType::P384,
+            "Ed25519" => KeyType::Ed25519,
+            t if t.starts_with("RSA") => KeyType::Rsa3072,
+            _ => KeyType::P256,
+        };
+        let issued = dir.ca.issue_with(
+            &LeafRequest {
+                names,
+                validity,
+                usage,
+            },
+            key_type,
+        )?;
+        let new_info = CertInfo::parse(&issued.cert).map_err(|e| anyhow!(e))?;
+        let folder = path.parent().unwrap_or(Path::new("."));
+        write_leaf(&dir, folder, usage, &issued.cert_pem, &issued.key_pem, true)?;
+        dir.entries[index].status = Status::Superseded;
+        dir.entries.push(Entry::from_cert(&new_info, kind));
+        // Saved after each renewal, so an interruption leaves files and index consistent.
+        dir.save()?;
+        println!(
+            "renewed   {} ({}): serial {} -> {}, valid until {}",
+            path.display(),
+            info.name(),
+            info.serial,
+            new_info.serial,
+            rfc3339(new_info.not_after)
+        );
+        renewed += 1;
+    }
+    println!("{renewed} renewed, {unchanged} unchanged");
+    if renewed > 0 {
+        println!("Restart the containers that use the renewed certificates.");
+    }
+    Ok(())
+}
+
+fn find_leaves(folder: &Path, depth: usize, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    if depth > 8 {
+        return Ok(());
+    }
+    let entries =
+        std::fs::read_dir(folder).with_context(|| format!("cannot read {}", folder.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            find_leaves(&path, depth + 1, found)?;
+        } else if matches!(
+            path.file_name().and_then(|n| n.to_str()),
+            Some("server.crt" | "client.crt")
+        ) {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn list(issuer: &Path) -> anyhow::Result<()> {
+    let dir = CaDir::open(issuer)?;
+    println!("certificates issued by \"{}\":", dir.info.subject);
+    println!(
+        "{:<32} {:<32} {:>9}  {:<10} KIND",
+        "NAME", "SERIAL", "DAYS LEFT", "STATUS"
+    );
+    for entry in &dir.entries {
+        let days = (entry.not_after - OffsetDateTime::now_utc()).whole_days();
+        println!(
+            "{:<32} {:<32} {:>9}  {:<10} {}",
+            entry.names.join(","),
+            entry.serial,
+            days,
+            entry.state(),
+            kind_name(entry.kind)
+        );
+    }
+    Ok(())
+}
+
+fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
+    for file in files {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{} is not valid PEM", file.display()))?;
+        if certs.is_empty() && !bytes.starts_with(b"-----") {
+            certs.push(CertificateDer::from(bytes.clone()));
+        }
+        if certs.is_empty() {
+            bail!("{} holds no certificate", file.display());
+        }
+        for (i, cert) in certs.iter().enumerate() {
+            let info =
+                CertInfo::parse(cert).map_err(|e| anyhow!("{} #{}: {e}", file.display(), i + 1))?;
+            println!("{} #{}:\n{info}\n", file.display(), i + 1);
+        }
+        if crate::tls::holds_private_key(&bytes) {
+            println!("{} also holds a PRIVATE KEY (not shown)\n", file.display());
+        }
+    }
+    Ok(())
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Server => "server",
+        Kind::Client => "client",
+        Kind::Ca => "ca",
+    }
+}
+
+fn normalize_serial(serial: &str) -> String {
+    serial
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+fn decode_hex(hex: &str) -> anyhow::Result<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        bail!("serial {hex:?} has an odd number of hex digits");
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| anyhow!("serial {hex:?} is not hex"))
+        })
+        .collect()
+}
+
+/// Keeps CA keys out of every folder the proxy's config names.
+struct KeyGuard {
+    config: Option<PathBuf>,
+    folders: Vec<PathBuf>,
+}
+
+impl KeyGuard {
+    fn new(explicit: Option<PathBuf>) -> anyhow::Result<Self> {
+        let config = explicit.or_else(|| {
+            let default = PathBuf::from("trustgate.toml");
+            default.exists().then_some(default)
+        });
+        let folders = match &config {
+            Some(path) => Config::named_folders(path)
+                .map_err(|e| anyhow!("cannot read the proxy config to protect its folders:\n{e}"))?
+                .iter()
+                .map(|f| resolve(f))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Self { config, folders })
+    }
+
+    /// Refuses `out` when it is, or lies inside, a folder the proxy config names.
+    fn check(&self, out: &Path) -> anyhow::Result<()> {
+        let target = resolve(out);
+        if let (Some(config), Some(folder)) = (
+            &self.config,
+            self.folders.iter().find(|f| target.starts_with(f)),
+        ) {
+            bail!(
+                "refusing to write a CA private key into {}: {} is a folder the proxy config {} \
+                 names, and CA keys must never reach the proxy or its image; choose a folder \
+                 outside it",
+                out.display(),
+                folder.display(),
+                config.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An absolute path with symlinks resolved as far as it exists, so `a/../b` and links compare
+/// by where they really point.
+fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
