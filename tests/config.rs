@@ -641,3 +641,88 @@ address = \"backend-reports\"
         assert!(shown.contains(reason), "{shown:?}");
     }
 }
+
+#[test]
+fn default_port_and_explicit_443_are_one_upstream() {
+    // `https://backend-api/` and `https://backend-api:443/` reach the same host:port, so they
+    // cannot be given two addresses.
+    let pki = TestPki::new();
+    let text = format!(
+        "{}address = \"127.0.0.1:9001\"\n\n[[route]]\nprefix = \"/b\"\n\
+         upstream = \"https://backend-api:443/\"\naddress = \"127.0.0.2:9001\"\n",
+        edit("https://backend-api:8443/", "https://backend-api/")
+    );
+    let (path, problem) = only_problem(&pki, &text);
+    assert_problem(
+        &problem,
+        &path,
+        Some(17),
+        "route[1].address",
+        "backend-api:443 already connects to 127.0.0.1:9001",
+    );
+}
+
+#[test]
+fn unparseable_certificate_is_blamed_on_the_cert() {
+    let pki = TestPki::new();
+    write(
+        &pki.path("public/bogus.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let (path, problem) = only_problem(
+        &pki,
+        &edit(
+            "cert = \"public/fullchain.pem\"",
+            "cert = \"public/bogus.pem\"",
+        ),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(3),
+        "server.cert",
+        &format!(
+            "{} holds an unusable certificate",
+            pki.path("public/bogus.pem").display()
+        ),
+    );
+}
+
+#[test]
+fn ca_files_must_hold_ca_certificates() {
+    let pki = TestPki::new();
+    // A service's own leaf pinned as a trust anchor: refused, naming the file and the subject.
+    write(&pki.path("leaf.pem"), &pki.leaf(&["backend-api"]).chain_pem);
+    let (path, problem) = only_problem(
+        &pki,
+        &edit("ca = \"ca.pem\"", "ca = [\"ca.pem\", \"leaf.pem\"]"),
+    );
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{}: certificate #1 (CN=backend-api) is not a CA certificate",
+            pki.path("leaf.pem").display()
+        ),
+    );
+    // A block that is not a certificate at all names its position in the file.
+    write(
+        &pki.path("bad-ca.pem"),
+        &format!(
+            "{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            pki.root.cert_pem()
+        ),
+    );
+    let (_, problem) = only_problem(&pki, &edit("ca = \"ca.pem\"", "ca = \"bad-ca.pem\""));
+    assert!(
+        problem
+            .reason
+            .contains("bad-ca.pem: certificate #2 cannot be parsed"),
+        "{problem}"
+    );
+    // And an empty path says so instead of reading the folder.
+    let (_, problem) = only_problem(&pki, &edit("ca = \"ca.pem\"", "ca = \"\""));
+    assert!(problem.reason.contains("an empty path"), "{problem}");
+}

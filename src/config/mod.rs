@@ -206,19 +206,33 @@ impl Loader<'_> {
         let private_key = self.check(&table.key, "server.key", private_key);
         let tls = match (&chain, private_key) {
             (Some(chain), Some(private_key)) => {
-                let built = tls::server::config(chain.clone(), private_key).map_err(|e| match e {
-                    rustls::Error::InconsistentKeys(_) => format!(
-                        "the private key in {} does not match the certificate in {}",
-                        key.display(),
-                        cert.display()
-                    ),
-                    other => format!(
-                        "cannot use {} with {}: {other}",
-                        cert.display(),
-                        key.display()
-                    ),
-                });
-                self.check(&table.key, "server.key", built)
+                match tls::server::config(chain.clone(), private_key) {
+                    Ok(tls) => Some(tls),
+                    Err(rustls::Error::InconsistentKeys(_)) => {
+                        let reason = format!(
+                            "the private key in {} does not match the certificate in {}",
+                            key.display(),
+                            cert.display()
+                        );
+                        self.report(Some(table.key.span()), Some("server.key".into()), reason);
+                        None
+                    }
+                    Err(rustls::Error::InvalidCertificate(e)) => {
+                        let reason =
+                            format!("{} holds an unusable certificate: {e:?}", cert.display());
+                        self.report(Some(table.cert.span()), Some("server.cert".into()), reason);
+                        None
+                    }
+                    Err(other) => {
+                        let reason = format!(
+                            "cannot use {} with {}: {other}",
+                            cert.display(),
+                            key.display()
+                        );
+                        self.report(Some(table.key.span()), Some("server.key".into()), reason);
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -246,6 +260,15 @@ impl Loader<'_> {
         let mut anchors = Vec::new();
         let mut complete = true;
         for raw in files {
+            if raw.trim().is_empty() {
+                self.report(
+                    Some(table.ca.span()),
+                    Some("upstream_tls.ca".into()),
+                    "an empty path: name the internal CA certificate file",
+                );
+                complete = false;
+                continue;
+            }
             let path = self.resolve(raw);
             match self.check(&table.ca, "upstream_tls.ca", tls::load_ca_certs(&path)) {
                 Some(certs) => anchors.extend(certs),
@@ -334,8 +357,9 @@ impl Loader<'_> {
             }
             if let Some(address) = address {
                 // One upstream host:port must reach one address, or connections pooled for one
-                // route would be reused for another.
-                let target = upstream.authority().as_str().to_ascii_lowercase();
+                // route would be reused for another. Compared as the connector sees them:
+                // `https://h/` and `https://h:443/` are the same upstream.
+                let target = format!("{}:{}", upstream.host(), upstream.port());
                 match addresses.get(&target) {
                     Some((other, other_line)) if *other != address => {
                         self.report(
