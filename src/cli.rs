@@ -49,6 +49,31 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Find the mistakes that undo an internal PKI: CA keys near the proxy, public trust
+    /// anchors, shared or mismatched certificates, expiry, exposed backends. Exit code 1 when
+    /// anything high or critical is found.
+    Audit {
+        /// The proxy's configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Also check this Docker Compose file's networks, ports and mounts.
+        #[arg(long)]
+        compose: Option<PathBuf>,
+        /// The compose service that runs the proxy.
+        #[arg(long, default_value = "proxy")]
+        proxy_service: String,
+        /// Connect to every upstream as the proxy would and check what it presents.
+        #[arg(long)]
+        probe: bool,
+        /// Certificates expiring within this many days are reported.
+        #[arg(long, default_value_t = 30)]
+        warn_days: i64,
+        /// The system trust store to compare upstream anchors with (default: the distribution's).
+        #[arg(long)]
+        system_store: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        format: trustgate::audit::Format,
+    },
     /// Run the internal CA: offline root, intermediate, one certificate per service.
     Pki(trustgate::pki::commands::PkiArgs),
     /// Run the HTTPS echo backend: it answers each request with what it received.

@@ -18,6 +18,7 @@
 //! Everything the proxy needs is built once, at load, by [`config::Config::load`]: TLS configs,
 //! trust roots and the route table are immutable afterwards, so the request path takes no locks.
 
+pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod echo;

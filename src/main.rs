@@ -66,6 +66,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             demo::run(listen, dir).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            config,
+            compose,
+            proxy_service,
+            probe,
+            warn_days,
+            system_store,
+            format,
+        } => {
+            let options = trustgate::audit::Options {
+                config,
+                compose,
+                proxy_service,
+                probe,
+                warn_days,
+                system_store,
+            };
+            let report = trustgate::audit::run(&options).await;
+            println!("{}", report.render(format));
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Pki(args) => {
             trustgate::pki::commands::run(args)?;
             Ok(ExitCode::SUCCESS)

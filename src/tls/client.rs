@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
@@ -18,12 +19,25 @@ pub enum TrustError {
     Empty,
     #[error(transparent)]
     Config(#[from] rustls::Error),
+    #[error("cannot build the certificate verifier: {0}")]
+    Verifier(String),
 }
 
 /// Builds the upstream client config from the internal CA's certificates alone.
 ///
 /// ALPN stays empty: hyper-rustls sets it from the HTTP versions it is told to offer.
 pub fn config(anchors: &[CertificateDer<'static>]) -> Result<ClientConfig, TrustError> {
+    Ok(ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_webpki_verifier(verifier(anchors)?)
+        .with_no_client_auth())
+}
+
+/// The verifier every upstream connection (and `trustgate audit --probe`) uses: chain to one of
+/// `anchors`, valid now, valid for the server name.
+pub fn verifier(
+    anchors: &[CertificateDer<'static>],
+) -> Result<Arc<WebPkiServerVerifier>, TrustError> {
     let mut roots = RootCertStore::empty();
     for (index, anchor) in anchors.iter().enumerate() {
         roots
@@ -36,8 +50,7 @@ pub fn config(anchors: &[CertificateDer<'static>]) -> Result<ClientConfig, Trust
     if roots.is_empty() {
         return Err(TrustError::Empty);
     }
-    Ok(ClientConfig::builder_with_provider(super::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(Arc::new(roots))
-        .with_no_client_auth())
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
+        .build()
+        .map_err(|e| TrustError::Verifier(e.to_string()))
 }

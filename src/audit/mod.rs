@@ -1,0 +1,206 @@
+//! `trustgate audit`: catch the ways an internal PKI deployment goes wrong, one finding per
+//! mistake, each with severity, what, where and the fix.
+//!
+//! - [`files`]: CA keys next to the proxy, public-looking trust bundles, expiring certificates,
+//!   a readable listener key.
+//! - [`probe`]: connect to every upstream as the proxy would and judge what it presents.
+//! - [`compose`]: the Docker Compose topology: internal networks, published ports, mounts.
+
+pub mod compose;
+pub mod files;
+pub mod probe;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// How bad a finding is. High and critical fail the audit (exit 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Medium,
+    High,
+    Critical,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Info => "INFO",
+            Self::Medium => "MEDIUM",
+            Self::High => "HIGH",
+            Self::Critical => "CRITICAL",
+        })
+    }
+}
+
+/// One mistake (or, at info level, one fact worth seeing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable identifier, e.g. `ca-key-exposed`, for scripts and suppressions.
+    pub id: &'static str,
+    pub what: String,
+    #[serde(rename = "where")]
+    pub location: String,
+    pub fix: String,
+}
+
+impl Finding {
+    pub fn new(
+        severity: Severity,
+        id: &'static str,
+        what: impl Into<String>,
+        location: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self {
+            severity,
+            id,
+            what: what.into(),
+            location: location.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What to audit.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub compose: Option<PathBuf>,
+    /// The compose service that is the proxy.
+    pub proxy_service: String,
+    pub probe: bool,
+    pub warn_days: i64,
+    /// The system trust store to compare upstream anchors with (default: the distribution's).
+    pub system_store: Option<PathBuf>,
+}
+
+/// Every finding, worst first.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when nothing high or critical was found.
+    pub fn passed(&self) -> bool {
+        self.findings.iter().all(|f| f.severity < Severity::High)
+    }
+
+    pub fn render(&self, format: Format) -> String {
+        match format {
+            Format::Text => self.to_string(),
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Json<'a> {
+                    passed: bool,
+                    findings: &'a [Finding],
+                }
+                serde_json::to_string_pretty(&Json {
+                    passed: self.passed(),
+                    findings: &self.findings,
+                })
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            writeln!(
+                f,
+                "{:<8} {}: {}",
+                finding.severity, finding.id, finding.what
+            )?;
+            writeln!(f, "         where: {}", finding.location)?;
+            if !finding.fix.is_empty() {
+                writeln!(f, "         fix:   {}", finding.fix)?;
+            }
+        }
+        let count = |s: Severity| self.findings.iter().filter(|f| f.severity == s).count();
+        write!(
+            f,
+            "{} critical, {} high, {} medium, {} info: {}",
+            count(Severity::Critical),
+            count(Severity::High),
+            count(Severity::Medium),
+            count(Severity::Info),
+            if self.passed() { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// Runs every check the options ask for.
+pub async fn run(options: &Options) -> Report {
+    let mut findings = Vec::new();
+    let config = match Config::load(&options.config) {
+        Ok(config) => Some(config),
+        Err(e) => {
+            findings.push(Finding::new(
+                Severity::Critical,
+                "config-invalid",
+                format!("the config does not load, so the proxy would not start:\n{e}"),
+                options.config.display().to_string(),
+                "fix each problem listed (trustgate check -c FILE shows them)",
+            ));
+            None
+        }
+    };
+    let known_cas = files::check(&options.config, config.as_ref(), options, &mut findings);
+    if let Some(config) = &config {
+        if options.probe {
+            probe::check(config, options.warn_days, &mut findings).await;
+        }
+    }
+    if let Some(compose) = &options.compose {
+        compose::check(compose, &options.proxy_service, &known_cas, &mut findings);
+    }
+    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    Report { findings }
+}
+
+/// A finding for a certificate that is expired or expires within `warn_days`.
+pub(crate) fn expiry(
+    info: &crate::pki::inspect::CertInfo,
+    role: &str,
+    location: &str,
+    warn_days: i64,
+) -> Option<Finding> {
+    let days = info.days_left();
+    if info.is_expired() {
+        Some(Finding::new(
+            Severity::High,
+            "cert-expired",
+            format!("{role} \"{}\" expired {} days ago", info.subject, -days),
+            location,
+            "issue a new certificate (trustgate pki renew) and restart what serves it",
+        ))
+    } else if days < warn_days {
+        Some(Finding::new(
+            Severity::Medium,
+            "cert-expiring",
+            format!("{role} \"{}\" expires in {days} days", info.subject),
+            location,
+            "renew it now (trustgate pki renew --within ...) and restart what serves it",
+        ))
+    } else {
+        None
+    }
+}
