@@ -164,15 +164,13 @@ pub async fn run(options: &Options) -> Report {
         }
     };
     let known_cas = files::check(&options.config, config.as_ref(), options, &mut findings);
-    if let Some(config) = &config {
-        if options.probe {
-            probe::check(config, options.warn_days, &mut findings).await;
-        }
+    if let Some(config) = config.as_ref().filter(|_| options.probe) {
+        probe::check(config, options.warn_days, &mut findings).await;
     }
     if let Some(compose) = &options.compose {
         compose::check(compose, &options.proxy_service, &known_cas, &mut findings);
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Report { findings }
 }
 
