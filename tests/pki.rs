@@ -648,7 +648,6 @@ fn ca_keys_are_never_written_into_a_folder_the_proxy_config_names() {
 /// trustgate.toml`, the config's folder is the empty path, every path starts with it, and every
 /// CA key is refused, even far outside the proxy's folders ("refusing ... into /x:  is a folder").
 #[test]
-#[ignore = "bug in src/pki/commands.rs KeyGuard: a bare relative config path refuses every --out"]
 fn a_config_in_the_current_folder_guards_only_its_own_folders() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -817,4 +816,80 @@ fn bad_input_fails_cleanly_naming_the_problem() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     assert!(!d.join("ca2").exists() && !d.join("c").exists());
+}
+
+#[test]
+fn renew_skips_stale_copies_and_shared_folders_and_failed_creates_leave_no_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init_ca(dir, &[]);
+    // A stale copy of a superseded certificate is not brought back to life by renew.
+    pki_ok(
+        dir,
+        &[
+            "issue",
+            "--ca",
+            "ca",
+            "--name",
+            "svc",
+            "--days",
+            "10",
+            "--out",
+            "certs/old",
+        ],
+    );
+    pki_ok(
+        dir,
+        &[
+            "issue",
+            "--ca",
+            "ca",
+            "--name",
+            "svc",
+            "--days",
+            "10",
+            "--out",
+            "certs/new",
+            "--renew",
+        ],
+    );
+    let out = pki_ok(
+        dir,
+        &[
+            "renew", "--ca", "ca", "--certs", "certs", "--within", "30d", "--days", "60",
+        ],
+    );
+    assert!(out.contains("certs/old/server.crt: superseded"), "{out}");
+    assert!(out.contains("1 renewed"), "{out}");
+    let list = pki_ok(dir, &["list", "--ca", "ca"]);
+    let valid_svc = list
+        .lines()
+        .filter(|l| l.starts_with("svc ") && l.contains(" valid "))
+        .count();
+    assert_eq!(valid_svc, 1, "one live certificate per service:\n{list}");
+
+    // A client certificate may share a folder with a server certificate of the same CA.
+    pki_ok(
+        dir,
+        &[
+            "issue",
+            "--ca",
+            "ca",
+            "--client",
+            "proxy",
+            "--out",
+            "certs/new",
+        ],
+    );
+    assert!(dir.join("certs/new/client.key").exists() && dir.join("certs/new/server.key").exists());
+
+    // init-root refuses a folder holding a CA certificate without writing a stray key.
+    std::fs::create_dir_all(dir.join("r2")).unwrap();
+    std::fs::copy(dir.join("offline/root/ca.crt"), dir.join("r2/ca.crt")).unwrap();
+    let err = pki_err(dir, &["init-root", "--out", "r2"]);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(
+        !dir.join("r2/ca.key").exists(),
+        "a failed init-root left a key behind"
+    );
 }

@@ -142,7 +142,10 @@ impl Config {
                 reason: e.message().trim().to_owned(),
             }],
         })?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let named = [file.server.cert.get_ref(), file.server.key.get_ref()]
             .into_iter()
             .chain(file.upstream_tls.ca.get_ref().as_slice())

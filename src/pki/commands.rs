@@ -428,13 +428,25 @@ fn write_leaf(
         (out.join(cert_name), chain, 0o644),
         (out.join("ca-chain.pem"), ca_chain, 0o644),
     ];
-    if !replace && let Some((path, _, _)) = files.iter().find(|(path, _, _)| path.exists()) {
+    // A ca-chain.pem with the same content (a server and a client certificate of one CA in one
+    // folder) is no conflict.
+    let unchanged = |path: &Path, contents: &str| {
+        std::fs::read_to_string(path).is_ok_and(|existing| existing == contents)
+    };
+    if !replace
+        && let Some((path, _, _)) = files
+            .iter()
+            .find(|(path, contents, _)| path.exists() && !unchanged(path, contents))
+    {
         bail!(
             "{} already exists; pass --renew to replace the files atomically",
             path.display()
         );
     }
     for (path, contents, mode) in &files {
+        if unchanged(path, contents) {
+            continue;
+        }
         if replace {
             store::replace_atomic(path, contents.as_bytes(), *mode)?;
         } else {
@@ -605,12 +617,23 @@ fn renew(ca: &Path, certs: &Path, within: Duration, days: Option<i64>) -> anyhow
             );
             continue;
         };
-        if matches!(dir.entries[index].status, Status::Revoked { .. }) {
-            println!(
-                "skipped   {}: revoked; issue a new one with pki issue",
-                path.display()
-            );
-            continue;
+        match dir.entries[index].status {
+            Status::Revoked { .. } => {
+                println!(
+                    "skipped   {}: revoked; issue a new one with pki issue",
+                    path.display()
+                );
+                continue;
+            }
+            Status::Superseded => {
+                println!(
+                    "skipped   {}: superseded by a newer certificate for {}; remove this stale copy",
+                    path.display(),
+                    info.name()
+                );
+                continue;
+            }
+            Status::Valid => {}
         }
         if info.not_after - OffsetDateTime::now_utc() > window {
             println!(
@@ -704,7 +727,7 @@ fn list(issuer: &Path) -> anyhow::Result<()> {
         "NAME", "SERIAL", "DAYS LEFT", "STATUS"
     );
     for entry in &dir.entries {
-        let days = (entry.not_after - OffsetDateTime::now_utc()).whole_days();
+        let days = super::inspect::days_until(entry.not_after);
         println!(
             "{:<32} {:<32} {:>9}  {:<10} {}",
             entry.names.join(","),
@@ -816,6 +839,11 @@ impl KeyGuard {
 /// An absolute path with symlinks resolved as far as it exists, so `a/../b` and links compare
 /// by where they really point.
 fn resolve(path: &Path) -> PathBuf {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let mut existing = absolute.as_path();
     let mut rest = Vec::new();

@@ -60,9 +60,9 @@ impl CertInfo {
         })
     }
 
-    /// Whole days until `not_after` (negative once expired).
+    /// Days until `not_after`, to the nearest day (negative once expired).
     pub fn days_left(&self) -> i64 {
-        (self.not_after - OffsetDateTime::now_utc()).whole_days()
+        days_until(self.not_after)
     }
 
     pub fn is_expired(&self) -> bool {
@@ -161,6 +161,12 @@ fn key_type(spki: &SubjectPublicKeyInfo<'_>) -> String {
         },
         _ => spki.algorithm.algorithm.to_id_string(),
     }
+}
+
+/// Days from now until `at`, to the nearest day: a 90-day certificate issued a second ago shows 90.
+pub fn days_until(at: OffsetDateTime) -> i64 {
+    let seconds = (at - OffsetDateTime::now_utc()).whole_seconds();
+    (seconds + 43_200).div_euclid(86_400)
 }
 
 /// Lowercase hex of `bytes`.

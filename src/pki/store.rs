@@ -213,6 +213,12 @@ impl CaDir {
     /// Writes a new CA into `dir`. Refuses when `dir` already holds a CA key.
     pub fn create(dir: &Path, ca: Ca, root_cert_pem: Option<&str>) -> Result<Self, PkiError> {
         fs::create_dir_all(dir).map_err(|e| PkiError::io(dir, e))?;
+        // Refuse before writing anything, so a failed create leaves no stray key behind.
+        for name in [CA_KEY, CA_CERT, ROOT_CERT, INDEX] {
+            if dir.join(name).exists() {
+                return Err(PkiError::Exists(dir.join(name)));
+            }
+        }
         write_new(&dir.join(CA_KEY), ca.key_pem().as_bytes(), 0o600)?;
         write_new(&dir.join(CA_CERT), ca.cert_pem().as_bytes(), 0o644)?;
         if let Some(root) = root_cert_pem {
