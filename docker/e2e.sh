@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# End-to-end test of the Docker deployment on a real engine, with no registry: a static binary,
+# an image FROM scratch, certificates from `trustgate pki`, and docker/compose.yml brought up
+# as shipped. Fails when Docker is missing. Cleans up on success and on failure.
+#
+#   docker/e2e.sh
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+say() { printf '== %s\n' "$*"; }
+fail() { printf 'E2E FAILED: %s\n' "$*" >&2; exit 1; }
+
+command -v docker >/dev/null || fail "docker is not installed"
+docker info >/dev/null 2>&1 || fail "the Docker engine is not running (docker info failed)"
+if command -v docker-compose >/dev/null; then
+  compose_cmd=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+  compose_cmd=(docker compose)
+else
+  fail "neither docker-compose nor docker compose is available"
+fi
+
+work=$(mktemp -d)
+project="trustgate-e2e-$$"
+image="trustgate:e2e-$$"
+compose() { "${compose_cmd[@]}" -p "$project" -f "$work/deploy/compose.yml" "$@"; }
+cleanup() {
+  local status=$?
+  if [ $status -ne 0 ] && [ -f "$work/deploy/compose.yml" ]; then
+    echo "--- proxy logs ---" >&2
+    compose logs --no-color proxy 2>&1 | tail -40 >&2 || true
+  fi
+  [ -f "$work/deploy/compose.yml" ] && compose down -v --remove-orphans >/dev/null 2>&1 || true
+  docker image rm -f "$image" >/dev/null 2>&1 || true
+  rm -rf "$work"
+  exit $status
+}
+trap cleanup EXIT
+
+say "building the static binary"
+triple="$(uname -m)-unknown-linux-gnu"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet --bin trustgate --target "$triple"
+bin="$repo/target/$triple/release/trustgate"
+file "$bin" 2>/dev/null | grep -q "static" || ldd "$bin" 2>&1 | grep -q "not a dynamic" ||
+  fail "$bin is not statically linked"
+
+say "building the image from the Dockerfile's runtime stage (FROM scratch, nothing pulled)"
+mkdir -p "$work/context"
+cp "$bin" "$work/context/trustgate"
+# The runtime stage of the real Dockerfile, fed the prebuilt binary instead of the build stage.
+sed -n '/^FROM scratch AS runtime/,$p' Dockerfile |
+  sed 's#^COPY --from=build /trustgate /trustgate#COPY trustgate /trustgate#' > "$work/context/Dockerfile"
+grep -q '^COPY trustgate /trustgate' "$work/context/Dockerfile" || fail "Dockerfile runtime stage changed shape"
+DOCKER_BUILDKIT=0 docker build --quiet -t "$image" "$work/context" >/dev/null 2>"$work/build.err" ||
+  { cat "$work/build.err" >&2; fail "docker build"; }
+size=$(docker image inspect "$image" --format '{{.Size}}')
+echo "image $image: $((size / 1024 / 1024)) MiB ($size bytes)"
+[ "$size" -lt $((15 * 1024 * 1024)) ] || echo "warning: image is over 15 MiB"
+[ "$(docker image inspect "$image" --format '{{.Config.User}}')" = "65532:65532" ] || fail "image does not run as 65532"
+[ "$(docker image inspect "$image" --format '{{json .Config.Entrypoint}}')" = '["/trustgate"]' ] || fail "entrypoint"
+
+say "generating certificates with trustgate pki (CA folders outside the deployment)"
+mkdir -p "$work/deploy"
+cp docker/compose.yml docker/trustgate.toml "$work/deploy/"
+bash docker/gen-certs.sh --ca-dir "$work/ca" --deploy "$work/deploy" --bin "$bin" >/dev/null
+
+say "compose up"
+# A port nothing listens on (bash's /dev/tcp connect fails), tried a bounded number of times.
+port=""
+for _ in $(seq 1 50); do
+  candidate=$((20000 + RANDOM % 40000))
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
+done
+[ -n "$port" ] || fail "no free port found"
+export TRUSTGATE_IMAGE="$image" TRUSTGATE_PORT="$port"
+compose up -d >/dev/null 2>"$work/up.err" || { cat "$work/up.err" >&2; fail "compose up"; }
+
+cacert="$work/deploy/certs/public-ca.pem"
+# Polls `curl` until it prints the wanted status, for at most $2 seconds.
+wait_status() {
+  local want=$1 seconds=$2 path=$3 got=""
+  for _ in $(seq 1 $((seconds * 4))); do
+    got=$(curl -s -o "$work/body" -w '%{http_code}' --cacert "$cacert" "https://localhost:$port$path" || true)
+    [ "$got" = "$want" ] && return 0
+    sleep 0.25
+  done
+  fail "https://localhost:$port$path answered ${got:-nothing}, wanted $want"
+}
+
+say "a request through the proxy reaches backend-api over verified TLS"
+wait_status 200 60 "/api/hello?from=e2e"
+grep -q "tls sni: backend-api" "$work/body" || fail "backend did not see SNI backend-api: $(cat "$work/body")"
+grep -q "^GET /hello?from=e2e HTTP" "$work/body" || fail "backend saw another path: $(cat "$work/body")"
+grep -qi "^x-forwarded-proto: https" "$work/body" || fail "no X-Forwarded-Proto"
+wait_status 200 10 "/reports/q1"
+grep -q "tls sni: backend-reports" "$work/body" || fail "reports backend did not see its SNI"
+wait_status 404 5 "/nothing-here"
+
+say "only the proxy publishes a port"
+for service in backend-api backend-reports; do
+  published=$(docker port "$(compose ps -q "$service")")
+  [ -z "$published" ] || fail "$service publishes $published"
+done
+[ -n "$(docker port "$(compose ps -q proxy)")" ] || fail "the proxy publishes nothing"
+internal=$(docker network inspect "${project}_internal_net" --format '{{.Internal}}')
+[ "$internal" = "true" ] || fail "internal_net is not internal"
+
+say "the proxy image holds no private key"
+docker export "$(compose ps -q proxy)" > "$work/proxy.tar"
+mkdir -p "$work/export"
+tar -xf "$work/proxy.tar" -C "$work/export" 2>/dev/null || true
+if grep -rlI "PRIVATE KEY" "$work/export" >/dev/null 2>&1; then
+  fail "private key material in the proxy container's filesystem: $(grep -rlI 'PRIVATE KEY' "$work/export")"
+fi
+tar -tf "$work/proxy.tar" | grep -E '\.(key|pem)$' | grep -v '^etc/trustgate/' &&
+  fail "unexpected key or PEM files in the image"
+echo "files in the proxy container: $(tar -tf "$work/proxy.tar" | grep -v '/$' | tr '\n' ' ')"
+
+say "trustgate audit passes on the shipped setup"
+"$bin" audit -c "$work/deploy/trustgate.toml" --compose "$work/deploy/compose.yml" > "$work/audit.txt" ||
+  { cat "$work/audit.txt" >&2; fail "audit failed on the shipped setup"; }
+tail -1 "$work/audit.txt"
+
+say "trustgate audit fails when a backend publishes a port"
+mkdir -p "$work/bad"
+cp -r "$work/deploy/certs" "$work/deploy/trustgate.toml" "$work/bad/"
+awk '{ print } /^  backend-api:$/ { print "    ports: [\"9443:8443\"]" }' "$work/deploy/compose.yml" > "$work/bad/compose.yml"
+if "$bin" audit -c "$work/bad/trustgate.toml" --compose "$work/bad/compose.yml" > "$work/audit-bad.txt"; then
+  cat "$work/audit-bad.txt" >&2
+  fail "audit passed although backend-api publishes a port"
+fi
+grep -q "backend-publishes-port" "$work/audit-bad.txt" || fail "audit did not name the published port"
+
+say "a backend with a certificate for the wrong name gets 502 and a log line saying why"
+"$bin" pki --proxy-config "$work/deploy/trustgate.toml" issue --ca "$work/ca/intermediate" \
+  --name backend-api --out "$work/deploy/certs/backend-reports" --renew >/dev/null
+[ "$(id -u)" = 0 ] && chown 65532:65532 "$work/deploy/certs/backend-reports/server.key"
+compose restart backend-reports >/dev/null 2>&1
+wait_status 502 60 "/reports/q2"
+grep -qx "502 Bad Gateway" "$work/body" || fail "the client got internal detail: $(cat "$work/body")"
+reason='certificate not valid for name "backend-reports"; it is valid for "backend-api"'
+for _ in $(seq 1 40); do
+  compose logs --no-color proxy 2>&1 | grep -qF "$reason" && break
+  sleep 0.25
+done
+compose logs --no-color proxy 2>&1 | grep -F "$reason" | tail -1 ||
+  fail "no proxy log line with: $reason"
+wait_status 200 10 "/api/still-fine"
+
+say "compose down"
+compose down -v --remove-orphans >/dev/null 2>&1
+echo "E2E PASSED (image $((size / 1024 / 1024)) MiB)"
