@@ -84,15 +84,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 impl Config {
     /// Loads `path` and every file it names. Relative paths resolve against the file's folder.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            problems: vec![Problem {
-                file: path.into(),
-                line: None,
-                key: None,
-                reason: format!("cannot read the config file: {e}"),
-            }],
-        })?;
-        Self::from_toml(path, &text)
+        Self::from_toml(path, &read(path)?)
     }
 
     /// Loads a configuration from TOML text; `path` names it in errors and anchors relative paths.
@@ -126,14 +118,7 @@ impl Config {
     /// file), read from the TOML alone so it works before those files exist. The PKI commands
     /// refuse to write CA keys into any of them, so a CA key can never be mounted into the proxy.
     pub fn named_folders(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            problems: vec![Problem {
-                file: path.into(),
-                line: None,
-                key: None,
-                reason: format!("cannot read the config file: {e}"),
-            }],
-        })?;
+        let text = read(path)?;
         let file = toml::from_str::<ConfigFile>(&text).map_err(|e| ConfigError {
             problems: vec![Problem {
                 file: path.into(),
@@ -456,6 +441,17 @@ impl Loader<'_> {
     }
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: path.into(),
+            line: None,
+            key: None,
+            reason: format!("cannot read the config file: {e}"),
+        }],
+    })
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
@@ -506,7 +502,7 @@ impl fmt::Display for Summary<'_> {
             "listen {} with {} ({}, {} certificate(s) in the chain)",
             config.server.listen,
             config.server.cert.display(),
-            tls::subject(&config.server.chain[0]),
+            config.server.chain.first().map(tls::subject).unwrap_or_default(),
             config.server.chain.len()
         )?;
         writeln!(
