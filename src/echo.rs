@@ -35,7 +35,7 @@ async fn respond(req: Request<Incoming>, info: Arc<ConnectionInfo>) -> Response<
         info.sni.as_deref().unwrap_or("(none)"),
         info.peer,
         req.method(),
-        req.uri(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
         req.version()
     );
     for (name, value) in req.headers() {
