@@ -260,8 +260,12 @@ async fn ca_key_next_to_the_ca_file_the_config_names_is_found_outside_the_config
     let setup = Setup::with_ca(&format!("{:?}", display(&ca_file)), API_ROUTE);
     let pki = &setup.pki;
     write(&ca_file, &pki.intermediate.cert_pem());
-    // A service key next to it is not a CA key.
+    // A service's certificate and key next to it: not a CA key.
     let service = leaf(pki, "backend-api");
+    write(
+        &ca_dir.path().join("intermediate/backend-api.pem"),
+        &service.cert_pem,
+    );
     write(
         &ca_dir.path().join("intermediate/backend-api.key"),
         &service.key_pem,
@@ -276,6 +280,28 @@ async fn ca_key_next_to_the_ca_file_the_config_names_is_found_outside_the_config
     let finding = only(&report, "ca-key-exposed", Severity::Critical);
     assert_contains(&finding.what, "\"CN=Test Internal Intermediate\"");
     assert_eq!(finding.location, real(&key));
+}
+
+#[tokio::test]
+async fn a_key_that_matches_no_certificate_is_a_stray_key() {
+    // The intermediate's key alone, without its certificate anywhere the audit looks: it cannot
+    // be matched to a CA, but it matches nothing the proxy serves either.
+    let setup = Setup::new(API_ROUTE);
+    let key = setup.pki.path("internal/ca.key");
+    write(&key, &setup.pki.intermediate.key_pem());
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["stray-private-key"], "{report}");
+    let finding = only(&report, "stray-private-key", Severity::Medium);
+    assert_eq!(finding.location, real(&key));
+    assert_contains(&finding.what, "if it belongs to a CA");
+
+    // With its certificate next to it, it is recognised for what it is.
+    write(
+        &setup.pki.path("internal/ca.pem"),
+        &setup.pki.intermediate.cert_pem(),
+    );
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["ca-key-exposed"], "{report}");
 }
 
 #[tokio::test]
@@ -1291,4 +1317,57 @@ fn binary_json_output_has_passed_and_the_findings() {
         .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["fix", "id", "severity", "what", "where"]);
+}
+
+#[tokio::test]
+async fn bind_paths_as_compose_resolves_them_secrets_and_merge_keys() {
+    let setup = Setup::new(API_ROUTE);
+    let pki = &setup.pki;
+    let deploy = Deploy::new(pki);
+    write(&deploy.path("ca/ca.pem"), &pki.intermediate.cert_pem());
+    write(&deploy.path("ca/ca.key"), &pki.intermediate.key_pem());
+
+    // Long syntax with a bare relative source is a bind mount of ./ca.
+    let bare = edit("        source: ./web\n", "        source: ca\n");
+    let report = setup.compose(&deploy.compose(&bare), "proxy").await;
+    assert_eq!(ids(&report), ["ca-key-exposed"], "{report}");
+    assert_contains(&report.findings[0].what, "\"backend-web\"");
+
+    // A top-level secret with `file:` used by a service puts the file in the container.
+    let secret = format!(
+        "{}secrets:\n  ca_key:\n    file: ./ca/ca.key\n  ca_cert:\n    file: ./ca/ca.pem\n",
+        edit(
+            "    image: api\n",
+            "    image: api\n    secrets: [ca_key, {source: ca_cert}]\n"
+        )
+    );
+    let report = setup.compose(&deploy.compose(&secret), "proxy").await;
+    assert_eq!(ids(&report), ["ca-key-exposed"], "{report}");
+    assert_contains(&report.findings[0].what, "\"backend-api\"");
+
+    // Networks taken from a merge key count: no false "default network" finding.
+    let merged = format!(
+        "x-backend: &backend\n  networks: [backend]\n{}",
+        edit(
+            "  backend-api:\n    image: api\n    networks: [backend]\n",
+            "  backend-api:\n    <<: *backend\n    image: api\n",
+        )
+    );
+    assert_clean(&setup.compose(&deploy.compose(&merged), "proxy").await);
+}
+
+#[tokio::test]
+async fn an_unreadable_system_store_is_reported_not_ignored() {
+    let setup = Setup::new(API_ROUTE);
+    let options = trustgate::audit::Options {
+        config: setup.pki.path("trustgate.toml"),
+        compose: None,
+        proxy_service: "proxy".into(),
+        probe: false,
+        warn_days: WARN_DAYS,
+        system_store: Some(setup.pki.path("no-such-store.pem")),
+    };
+    let report = trustgate::audit::run(&options).await;
+    assert_eq!(ids(&report), ["system-store-unreadable"], "{report}");
+    assert!(report.passed(), "a medium finding does not fail the audit");
 }

@@ -54,8 +54,16 @@ pub fn check(path: &Path, proxy: &str, known_cas: &[KnownCa], findings: &mut Vec
         .filter(|(_, net)| net["internal"].as_bool() == Some(true))
         .map(|(name, _)| name)
         .collect();
+    // Top-level secrets and configs with `file:` are bind mounts too.
+    let files_of = |section: &str| -> BTreeMap<String, PathBuf> {
+        entries(&doc[section])
+            .filter_map(|(name, node)| Some((name, host_path(node["file"].as_str()?, base, true)?)))
+            .collect()
+    };
+    let secrets = files_of("secrets");
+    let configs = files_of("configs");
     let services: BTreeMap<String, Service> = entries(&doc["services"])
-        .map(|(name, node)| (name, service(node, base)))
+        .map(|(name, node)| (name, service(&merged(node), base, &secrets, &configs)))
         .collect();
 
     match services.get(proxy) {
@@ -159,7 +167,38 @@ fn mounts(
     }
 }
 
-fn service(node: &Yaml, base: &Path) -> Service {
+/// `node` with YAML merge keys (`<<: *anchor`) applied, as Compose applies them: the node's own
+/// keys win over merged ones.
+fn merged(node: &Yaml) -> Yaml {
+    let Some(hash) = node.as_hash() else {
+        return node.clone();
+    };
+    let merge_key = Yaml::String("<<".into());
+    let Some(sources) = hash.get(&merge_key) else {
+        return node.clone();
+    };
+    let mut out = yaml_rust2::yaml::Hash::new();
+    let sources = match sources {
+        Yaml::Array(list) => list.clone(),
+        other => vec![other.clone()],
+    };
+    for source in sources {
+        if let Yaml::Hash(source) = merged(&source) {
+            out.extend(source);
+        }
+    }
+    for (key, value) in hash.iter().filter(|(key, _)| **key != merge_key) {
+        out.insert(key.clone(), value.clone());
+    }
+    Yaml::Hash(out)
+}
+
+fn service(
+    node: &Yaml,
+    base: &Path,
+    secrets: &BTreeMap<String, PathBuf>,
+    configs: &BTreeMap<String, PathBuf>,
+) -> Service {
     let networks = match &node["networks"] {
         Yaml::Array(list) => list
             .iter()
@@ -173,7 +212,7 @@ fn service(node: &Yaml, base: &Path) -> Service {
         .as_vec()
         .map(|ports| ports.iter().map(scalar).collect())
         .unwrap_or_default();
-    let mounts = node["volumes"]
+    let mut mounts: Vec<PathBuf> = node["volumes"]
         .as_vec()
         .map(|volumes| {
             volumes
@@ -182,6 +221,13 @@ fn service(node: &Yaml, base: &Path) -> Service {
                 .collect()
         })
         .unwrap_or_default();
+    for (section, files) in [("secrets", secrets), ("configs", configs)] {
+        for used in node[section].as_vec().into_iter().flatten() {
+            // `- name` or `- source: name`
+            let name = used.as_str().or_else(|| used["source"].as_str());
+            mounts.extend(name.and_then(|name| files.get(name)).cloned());
+        }
+    }
     Service {
         networks,
         ports,
@@ -191,19 +237,24 @@ fn service(node: &Yaml, base: &Path) -> Service {
 
 /// The host path of a bind mount (short `src:dst[:mode]` or long syntax); named volumes: none.
 fn bind_source(volume: &Yaml, base: &Path) -> Option<PathBuf> {
-    let source = match volume {
-        Yaml::String(short) => short.split(':').next()?.to_owned(),
-        Yaml::Hash(_) => {
-            if volume["type"].as_str() != Some("bind") {
-                return None;
-            }
-            volume["source"].as_str()?.to_owned()
+    match volume {
+        // In the short syntax a bare name is a named volume; a path starts with / . or ~.
+        Yaml::String(short) => host_path(short.split(':').next()?, base, false),
+        Yaml::Hash(_) if volume["type"].as_str() == Some("bind") => {
+            host_path(volume["source"].as_str()?, base, true)
         }
-        _ => return None,
-    };
+        _ => None,
+    }
+}
+
+/// A host path as Compose resolves it: absolute, `~/` from $HOME, else relative to the compose
+/// file's folder (`bare_is_path`: also without a leading `./`).
+fn host_path(source: &str, base: &Path, bare_is_path: bool) -> Option<PathBuf> {
     if source.starts_with('/') {
         Some(PathBuf::from(source))
-    } else if source.starts_with('.') {
+    } else if let Some(rest) = source.strip_prefix("~/") {
+        std::env::var_os("HOME").map(|home| PathBuf::from(home).join(rest))
+    } else if source.starts_with('.') || bare_is_path {
         Some(base.join(source))
     } else {
         None

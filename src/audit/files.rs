@@ -169,11 +169,10 @@ pub fn check(
     findings: &mut Vec<Finding>,
 ) -> Vec<KnownCa> {
     let folders = Config::named_folders(config_path).unwrap_or_else(|_| {
-        config_path
-            .parent()
-            .map(Path::to_path_buf)
-            .into_iter()
-            .collect()
+        vec![match config_path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }]
     });
     let files = scan(&folders);
     let anchors: Vec<KnownCa> = config
@@ -197,6 +196,7 @@ pub fn check(
         .unwrap_or_default();
     let cas = known_cas(&files, &anchors);
     ca_keys(&files, &cas, "in a folder the proxy reads", findings);
+    stray_keys(&files, &cas, findings);
 
     let Some(config) = config else {
         return cas;
@@ -221,7 +221,19 @@ pub fn check(
             "put only the internal root (or intermediate) certificate in [upstream_tls].ca",
         ));
     }
-    let system = system_store(options.system_store.as_deref());
+    let system = match system_store(options.system_store.as_deref()) {
+        Ok(system) => system,
+        Err(e) => {
+            findings.push(Finding::new(
+                Severity::Medium,
+                "system-store-unreadable",
+                format!("the system trust store given cannot be read ({e}), so anchors were not compared with it"),
+                options.system_store.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "pass a readable --system-store, or none to use the distribution's",
+            ));
+            HashSet::new()
+        }
+    };
     for anchor in anchors.iter().filter(|a| system.contains(&a.info.sha256)) {
         findings.push(Finding::new(
             Severity::High,
@@ -260,21 +272,51 @@ pub fn check(
 }
 
 /// Fingerprints of the system trust store's certificates.
-fn system_store(explicit: Option<&Path>) -> HashSet<String> {
-    let candidates: Vec<&Path> = match explicit {
-        Some(path) => vec![path],
-        None => SYSTEM_STORES.iter().map(Path::new).collect(),
+/// Fingerprints of the system trust store's certificates: from `explicit`, which must be
+/// readable, else from whichever of the distributions' stores exist.
+fn system_store(explicit: Option<&Path>) -> std::io::Result<HashSet<String>> {
+    let stores: Vec<Vec<u8>> = match explicit {
+        Some(path) => vec![std::fs::read(path)?],
+        None => SYSTEM_STORES
+            .iter()
+            .filter_map(|path| std::fs::read(path).ok())
+            .collect(),
     };
-    candidates
+    Ok(stores
         .into_iter()
-        .filter_map(|path| std::fs::read(path).ok())
         .flat_map(|bytes| {
             CertificateDer::pem_slice_iter(&bytes)
                 .filter_map(Result::ok)
                 .map(|der| crate::pki::inspect::sha256_hex(&der))
                 .collect::<Vec<_>>()
         })
-        .collect()
+        .collect())
+}
+
+/// A private key that belongs to no certificate found near the proxy: it serves nothing here,
+/// and it may be a CA key whose certificate the audit has not seen (an intermediate's).
+fn stray_keys(files: &[PemFile], cas: &[KnownCa], findings: &mut Vec<Finding>) {
+    let known: HashSet<&[u8]> = files
+        .iter()
+        .flat_map(|f| f.certs.iter().map(|c| c.spki.as_slice()))
+        .chain(cas.iter().map(|ca| ca.info.spki.as_slice()))
+        .collect();
+    for file in files {
+        if file
+            .key_spkis
+            .iter()
+            .any(|spki| !known.contains(spki.as_slice()))
+        {
+            findings.push(Finding::new(
+                Severity::Medium,
+                "stray-private-key",
+                "a private key that matches no certificate in the folders the proxy reads: if it \
+                 belongs to a CA (an intermediate's key, say), it must not be here",
+                file.path.display().to_string(),
+                "identify it (openssl pkey -in FILE -pubout) and delete it unless the proxy needs it",
+            ));
+        }
+    }
 }
 
 fn key_mode(path: &Path, findings: &mut Vec<Finding>) {

@@ -181,24 +181,38 @@ pub(crate) fn expiry(
     location: &str,
     warn_days: i64,
 ) -> Option<Finding> {
-    let days = info.days_left();
-    if info.is_expired() {
+    let left = info.not_after - time::OffsetDateTime::now_utc();
+    if left.is_negative() {
         Some(Finding::new(
             Severity::High,
             "cert-expired",
-            format!("{role} \"{}\" expired {} days ago", info.subject, -days),
+            format!("{role} \"{}\" expired {} ago", info.subject, span(-left)),
             location,
             "issue a new certificate (trustgate pki renew) and restart what serves it",
         ))
-    } else if days < warn_days {
+    } else if left < time::Duration::days(warn_days) {
         Some(Finding::new(
             Severity::Medium,
             "cert-expiring",
-            format!("{role} \"{}\" expires in {days} days", info.subject),
+            format!("{role} \"{}\" expires in {}", info.subject, span(left)),
             location,
             "renew it now (trustgate pki renew --within ...) and restart what serves it",
         ))
     } else {
         None
     }
+}
+
+/// "3 days", "5 hours", "12 minutes", to the nearest unit (a certificate issued for 10 days a
+/// second ago expires "in 10 days").
+fn span(duration: time::Duration) -> String {
+    let seconds = duration.whole_seconds();
+    let (n, unit) = if seconds >= 86_400 - 1_800 {
+        ((seconds + 43_200) / 86_400, "day")
+    } else if seconds >= 3_600 - 30 {
+        ((seconds + 1_800) / 3_600, "hour")
+    } else {
+        ((seconds + 30) / 60, "minute")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }

@@ -502,7 +502,12 @@ impl fmt::Display for Summary<'_> {
             "listen {} with {} ({}, {} certificate(s) in the chain)",
             config.server.listen,
             config.server.cert.display(),
-            config.server.chain.first().map(tls::subject).unwrap_or_default(),
+            config
+                .server
+                .chain
+                .first()
+                .map(tls::subject)
+                .unwrap_or_default(),
             config.server.chain.len()
         )?;
         writeln!(
