@@ -25,8 +25,7 @@ FROM scratch AS runtime
 COPY --from=build /trustgate /trustgate
 LABEL org.opencontainers.image.title="trustgate" \
       org.opencontainers.image.description="TLS reverse proxy that trusts only your internal CA for upstreams" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://example.invalid/trustgate"
+      org.opencontainers.image.licenses="Apache-2.0"
 # 65532: the conventional "nonroot" uid; no /etc/passwd is needed for a numeric user.
 USER 65532:65532
 EXPOSE 8443
