@@ -49,6 +49,14 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen} ([server] listen)"))?;
+            for route in config.routes.iter() {
+                tracing::info!(
+                    route = %route.prefix,
+                    upstream = %route.upstream,
+                    verified_name = route.upstream.host(),
+                    "route"
+                );
+            }
             tracing::info!(%listen, routes = config.routes.len(), "trustgate listening");
             Gateway::new(&config)
                 .serve(listener, shutdown_signal())
