@@ -256,11 +256,7 @@ async fn run_serves_traffic_and_exits_0_on_sigterm() {
         &path,
         &config_text(
             &format!("127.0.0.1:{port}"),
-            &route(
-                "/api",
-                &format!("https://backend-api:{}/", backend.port()),
-                &backend,
-            ),
+            &route_to("/api", "backend-api", &backend),
         ),
     );
     let mut proxy = Spawned::start(pki.dir.path(), &["run", "-c", path_str(&path)], false);

@@ -15,14 +15,7 @@ use tokio::sync::Notify;
 const H1: &[&[u8]] = &[b"http/1.1"];
 
 async fn api_proxy(pki: &TestPki, backend: &Backend, extra: &str) -> Proxy {
-    let routes = format!(
-        "{extra}\n{}",
-        route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            backend
-        )
-    );
+    let routes = format!("{extra}\n{}", route_to("/api", "backend-api", backend));
     Proxy::start(pki, &routes).await
 }
 
@@ -373,11 +366,7 @@ async fn shutdown_grace_period_is_bounded() {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
          shutdown_grace = \"300ms\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{}",
-        route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend
-        )
+        route_to("/api", "backend-api", &backend)
     );
     let path = pki.path("grace.toml");
     write(&path, &config);

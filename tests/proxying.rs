@@ -20,19 +20,13 @@ async fn routes_by_longest_prefix_and_rewrites_paths() {
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H2_H1, "api").await;
     let v2 = Backend::recording(&pki.leaf(&["backend-v2"]), H2_H1, "v2").await;
     let files = Backend::recording(&pki.leaf(&["files"]), H1, "files").await;
-    let routes = route(
-        "/api",
-        &format!("https://backend-api:{}/", api.port()),
-        &api,
-    ) + &route(
-        "/api/v2",
-        &format!("https://backend-v2:{}/", v2.port()),
-        &v2,
-    ) + &route(
-        "/files",
-        &format!("https://files:{}/base/", files.port()),
-        &files,
-    );
+    let routes = route_to("/api", "backend-api", &api)
+        + &route_to("/api/v2", "backend-v2", &v2)
+        + &route(
+            "/files",
+            &format!("https://files:{}/base/", files.port()),
+            &files,
+        );
     let proxy = Proxy::start(&pki, &routes).await;
     let client = client(&pki, false);
 
@@ -76,15 +70,7 @@ async fn routes_by_longest_prefix_and_rewrites_paths() {
 async fn forwarding_headers_and_hop_by_hop_stripping() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/api", "backend-api", &backend)).await;
     let req = Request::post(proxy.url("/api/form"))
         .header("connection", "x-session-hop")
         .header("x-session-hop", "must not pass")
@@ -171,15 +157,7 @@ async fn response_hop_by_hop_headers_are_dropped_and_locations_rewritten() {
     })
     .await;
     port_cell.set(backend.port()).unwrap();
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/api", "backend-api", &backend)).await;
     let got = get(&client(&pki, false), &proxy.url("/api/account")).await;
     assert_eq!(got.status, StatusCode::FOUND);
     assert_eq!(
@@ -203,15 +181,7 @@ async fn response_hop_by_hop_headers_are_dropped_and_locations_rewritten() {
 async fn http2_clients_are_served() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/api", "backend-api", &backend)).await;
     let client = client(&pki, true);
     let got = get(&client, &proxy.url("/api/h2")).await;
     assert_eq!(got.status, StatusCode::OK);
@@ -265,15 +235,7 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
             .unwrap()
     })
     .await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/ws",
-            &format!("https://backend-ws:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/ws", "backend-ws", &backend)).await;
 
     let mut tls = raw_tls(&pki, proxy.addr).await;
     tls.write_all(

@@ -120,15 +120,7 @@ async fn large_bodies_stream_both_ways_with_flat_memory() {
         },
     )
     .await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/bulk",
-            &format!("https://backend-bulk:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/bulk", "backend-bulk", &backend)).await;
     let client = client(&pki, false);
     let baseline = peak_rss_kib();
 

@@ -14,15 +14,7 @@ const H1: &[&[u8]] = &[b"http/1.1"];
 async fn good_chain_passes_with_service_name_as_sni() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H2_H1, "api").await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/api", "backend-api", &backend)).await;
 
     let got = get(&client(&pki, false), &proxy.url("/api/hello?q=1")).await;
     assert_eq!(got.status, StatusCode::OK);
@@ -40,15 +32,7 @@ async fn good_chain_passes_with_service_name_as_sni() {
 async fn http1_only_upstream_gets_http1() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/", "backend-api", &backend)).await;
     let got = get(&client(&pki, false), &proxy.url("/x")).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(backend.seen()[0].version, Version::HTTP_11);
@@ -58,15 +42,7 @@ async fn http1_only_upstream_gets_http1() {
 async fn preserve_host_keeps_sni_and_verified_name_on_the_service() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = Proxy::start(
-        &pki,
-        &route(
-            "/api",
-            &format!("https://backend-api:{}/", backend.port()),
-            &backend,
-        ),
-    )
-    .await;
+    let proxy = Proxy::start(&pki, &route_to("/api", "backend-api", &backend)).await;
     let got = get(&client(&pki, false), &proxy.url("/api/")).await;
     assert_eq!(got.status, StatusCode::OK);
     let seen = &backend.seen()[0];
@@ -262,15 +238,7 @@ async fn upstream_connections_are_pooled() {
     let pki = TestPki::new();
     for alpn in [H1, H2_H1] {
         let backend = Backend::recording(&pki.leaf(&["backend-pool"]), alpn, "pool").await;
-        let proxy = Proxy::start(
-            &pki,
-            &route(
-                "/",
-                &format!("https://backend-pool:{}/", backend.port()),
-                &backend,
-            ),
-        )
-        .await;
+        let proxy = Proxy::start(&pki, &route_to("/", "backend-pool", &backend)).await;
         let client = client(&pki, false);
         for i in 0..5 {
             let req = Request::get(proxy.url(&format!("/{i}")))

@@ -412,6 +412,15 @@ impl Proxy {
     }
 }
 
+/// A `[[route]]` from `prefix` to `https://<service>:<backend port>/`, dialling `backend`.
+pub fn route_to(prefix: &str, service: &str, backend: &Backend) -> String {
+    route(
+        prefix,
+        &format!("https://{service}:{}/", backend.port()),
+        backend,
+    )
+}
+
 /// A `[[route]]` block with `address` pointing at `backend`.
 pub fn route(prefix: &str, upstream: &str, backend: &Backend) -> String {
     format!(
