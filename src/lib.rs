@@ -17,6 +17,12 @@
 //!
 //! Everything the proxy needs is built once, at load, by [`config::Config::load`]: TLS configs,
 //! trust roots and the route table are immutable afterwards, so the request path takes no locks.
+//!
+//! # Around the proxy
+//! - [`pki`] runs the internal CA (offline root, constrained intermediate, one leaf per service);
+//!   the demo and the tests make their certificates with it too.
+//! - [`audit`] finds the deployment mistakes that undo the trust model.
+//! - [`echo`] and [`demo`] are the example backend and the one-command quickstart.
 
 pub mod audit;
 pub mod config;
