@@ -1,6 +1,6 @@
 //! The request path: route, rewrite, forward, stream back.
 //!
-//! [`Proxy::handle`] always answers: it wraps [`Proxy::forward`], which uses `?`, and turns every
+//! [`Proxy::handle`] always answers: it wraps `Proxy::forward`, which uses `?`, and turns every
 //! error into a status code and one log line in a single place.
 
 pub mod error;
