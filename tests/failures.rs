@@ -269,6 +269,24 @@ async fn slow_clients_are_cut_off() {
         "{answer}"
     );
 
+    // A keep-alive connection left idle after a full exchange is closed too (Apache's
+    // KeepAliveTimeout): the next request head did not arrive in time.
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut tls, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let started = std::time::Instant::now();
+    let _ = read_until_close(&mut tls, Duration::from_secs(10)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "idle connection was kept open"
+    );
+
     // A TLS handshake that never starts.
     let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let started = std::time::Instant::now();
