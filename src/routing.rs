@@ -29,7 +29,7 @@ impl Prefix {
         if raw.contains("//") {
             return Err(format!("prefix {raw:?} must not contain an empty segment"));
         }
-        if has_dot_segment(raw) {
+        if raw.split('/').any(is_dot_segment) {
             return Err(format!(
                 "prefix {raw:?} must not contain '.' or '..' segments"
             ));
@@ -257,18 +257,46 @@ impl RouteTable {
     }
 }
 
-/// True when a path holds a `.` or `..` segment, literally or percent-encoded. Such paths can
-/// climb out of an upstream's base path after the upstream decodes them, so they are refused.
-pub fn has_dot_segment(path: &str) -> bool {
-    // Fast path for the common case: no '.' and no escape means no dot segment.
-    if !path.contains(['.', '%']) {
-        return false;
+/// Why a request path is refused before routing, if it is: a path that some upstream could
+/// resolve above its base path after decoding it. That is a `.` or `..` segment (literally,
+/// percent-encoded, or followed by `;parameters` as Tomcat reads them), an encoded `/` or `\`,
+/// or a literal `\`. Checked byte by byte without allocating.
+pub fn unsafe_path(path: &str) -> Option<&'static str> {
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Some("the path holds a backslash");
     }
-    path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    let encoded_separator = bytes.windows(3).any(|w| {
+        w[0] == b'%' && (w[1..].eq_ignore_ascii_case(b"2f") || w[1..].eq_ignore_ascii_case(b"5c"))
+    });
+    if encoded_separator {
+        return Some("the path holds an encoded '/' or '\\'");
+    }
+    if path.split('/').any(is_dot_segment) {
+        return Some("the path holds '.' or '..' segments");
+    }
+    None
+}
+
+/// `.` or `..`, possibly percent-encoded, ignoring `;parameters`.
+fn is_dot_segment(segment: &str) -> bool {
+    let segment = segment.split(';').next().unwrap_or_default().as_bytes();
+    let mut dots = 0;
+    let mut i = 0;
+    while i < segment.len() {
+        if segment[i] == b'.' {
+            i += 1;
+        } else if segment.len() - i >= 3
+            && segment[i] == b'%'
+            && segment[i + 1..i + 3].eq_ignore_ascii_case(b"2e")
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
 }
 
 #[cfg(test)]
@@ -419,19 +447,37 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_detected() {
-        for bad in [
+    fn paths_that_could_climb_out_of_a_base_are_refused() {
+        let bad = [
             "/a/../b",
             "/a/./b",
             "/..",
             "/a/%2e%2E/b",
             "/a/.%2e",
             "/a/%2E",
-        ] {
-            assert!(has_dot_segment(bad), "{bad}");
+            "/a/..;/b",
+            "/a/.;x=1/b",
+            "/files/..%2fsecret",
+            "/files/..%2Fsecret",
+            "/files/..%5csecret",
+            "/files/a\\b",
+        ];
+        for path in bad {
+            assert!(unsafe_path(path).is_some(), "{path}");
         }
-        for good in ["/", "/a/b", "/a/.well-known", "/a/..b", "/a/b.."] {
-            assert!(!has_dot_segment(good), "{good}");
+        let good = [
+            "/",
+            "/a/b",
+            "/a/.well-known",
+            "/a/..b",
+            "/a/b..",
+            "/app.js",
+            "/a%20b",
+            "/a;v=1/b",
+            "/%2",
+        ];
+        for path in good {
+            assert_eq!(unsafe_path(path), None, "{path}");
         }
     }
 }

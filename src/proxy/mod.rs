@@ -152,10 +152,8 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
     // chunked; with both headers it applies RFC 9112 section 6.1 (chunked wins, Content-Length is
     // dropped, the connection closes after the response), so bytes smuggled behind the body are
     // never read as a request. tests/failures.rs pins that behaviour.
-    if routing::has_dot_segment(req.uri().path()) {
-        return Err(ProxyError::BadRequest(
-            "the path holds '.' or '..' segments",
-        ));
+    if let Some(why) = routing::unsafe_path(req.uri().path()) {
+        return Err(ProxyError::BadRequest(why));
     }
     Ok(())
 }
