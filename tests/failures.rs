@@ -203,13 +203,17 @@ async fn malformed_requests_get_400() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
     let proxy = api_proxy(&pki, &backend, "").await;
-    let cases: [&[u8]; 7] = [
+    let cases: [&[u8]; 11] = [
         b"GARBAGE\r\n\r\n",
         b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nBad Header Name: x\r\n\r\n",
         b"GET /api/../admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         b"GET /api/%2e%2e/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         b"GET /api/..%2fadmin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         b"GET /api/..;/admin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: bad host\r\nConnection: close\r\n\r\n",
+        b"GET /api/x HTTP/1.1\r\nHost: user@evil\r\nConnection: close\r\n\r\n",
         b"GET /api/x HTTP/9.9\r\nHost: localhost\r\n\r\n",
     ];
     for case in cases {

@@ -94,12 +94,7 @@ impl Proxy {
         };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let client_host = client_host(&parts)?;
         headers::prepare_request(
             &mut parts.headers,
             &Forwarding {
@@ -114,7 +109,10 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
 
-        let client = if upgrade.is_some() {
+        // HTTP/2 carries the host in :authority, which must stay the service name the
+        // certificate is checked against; a preserved Host therefore travels over HTTP/1.1, as
+        // does an upgrade, which HTTP/2 cannot carry.
+        let client = if upgrade.is_some() || route.preserve_host {
             &self.upstreams.http1_client
         } else {
             &self.upstreams.client
@@ -142,6 +140,36 @@ impl Proxy {
         headers::prepare_response(&mut parts.headers, route, public_host, kept_upgrade);
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(parts, Either::Left(body)))
+    }
+}
+
+/// The host the client asked for: HTTP/2's `:authority` (or an absolute-form target), else the
+/// one `Host` header, which HTTP/1.1 requires (RFC 9112 section 3.2).
+fn client_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
+    if let Some(authority) = parts.uri.authority() {
+        return Ok(HeaderValue::from_str(authority.as_str()).ok());
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+        (Some(host), None) => {
+            let valid = host
+                .to_str()
+                .ok()
+                .filter(|h| !h.contains('@'))
+                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
+            if valid {
+                Ok(Some(host.clone()))
+            } else {
+                Err(ProxyError::BadRequest(
+                    "the Host header is not a valid host[:port]",
+                ))
+            }
+        }
+        (None, _) if parts.version == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 requires a Host header"))
+        }
+        (None, _) => Ok(None),
     }
 }
 
