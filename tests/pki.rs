@@ -893,3 +893,32 @@ fn renew_skips_stale_copies_and_shared_folders_and_failed_creates_leave_no_key()
         "a failed init-root left a key behind"
     );
 }
+
+#[test]
+fn dot_dot_through_a_missing_folder_does_not_dodge_the_guard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let config = d.join("proxy/trustgate.toml");
+    write(
+        &config,
+        "[server]\nlisten = \"0.0.0.0:8443\"\ncert = \"certs/public/fullchain.pem\"\n\
+         key = \"certs/public/privkey.pem\"\n\n[upstream_tls]\nca = \"internal/ca.pem\"\n",
+    );
+    // `missing/..` does not exist, so canonicalizing alone would not resolve it.
+    let sneaky = d.join("missing/../proxy/root");
+    let args = [
+        "init-root",
+        "--out",
+        sneaky.to_str().unwrap(),
+        "--proxy-config",
+        config.to_str().unwrap(),
+    ];
+    let err = pki_err(d, &args);
+    assert!(err.contains("refusing to write a CA private key"), "{err}");
+    assert!(!d.join("proxy/root/ca.key").exists());
+
+    // Without any proxy config, the command works but says that nothing was checked.
+    let out = run(d, &["init-root", "--out", "elsewhere/root"], None);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no proxy config known"));
+}

@@ -818,6 +818,13 @@ impl KeyGuard {
 
     /// Refuses `out` when it is, or lies inside, a folder the proxy config names.
     fn check(&self, out: &Path) -> anyhow::Result<()> {
+        if self.config.is_none() {
+            eprintln!(
+                "warning: no proxy config known (--proxy-config, $TRUSTGATE_CONFIG or \
+                 ./trustgate.toml), so nothing checks that {} is outside the proxy's folders",
+                out.display()
+            );
+        }
         let target = resolve(out);
         if let (Some(config), Some(folder)) = (
             &self.config,
@@ -845,6 +852,19 @@ fn resolve(path: &Path) -> PathBuf {
         path
     };
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    // `..` in a part that does not exist yet would survive canonicalize below: apply it first,
+    // as the kernel will when the folder is created.
+    let mut normal = PathBuf::new();
+    for component in absolute.components() {
+        match component {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => normal.push(other),
+        }
+    }
+    let absolute = normal;
     let mut existing = absolute.as_path();
     let mut rest = Vec::new();
     loop {
