@@ -66,7 +66,7 @@ pub enum Command {
         #[arg(long)]
         probe: bool,
         /// Certificates expiring within this many days are reported.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(0..=36_500))]
         warn_days: i64,
         /// The system trust store to compare upstream anchors with (default: the distribution's).
         #[arg(long)]

@@ -55,9 +55,12 @@ impl TlsServer {
             .timer(TokioTimer::new())
             .header_read_timeout(client_header)
             .max_buf_size(MAX_REQUEST_HEAD);
+        // HTTP/2 has no request-head timeout; pings find peers that vanished without a FIN.
         http.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(MAX_REQUEST_HEAD as u32);
+            .max_header_list_size(MAX_REQUEST_HEAD as u32)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
         Self {
             acceptor: TlsAcceptor::from(tls),
             http,

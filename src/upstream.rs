@@ -61,6 +61,11 @@ fn pooled(connector: Connector) -> UpstreamClient {
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        // Pings find an HTTP/2 upstream that vanished without a FIN before a request hangs on it.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
         .build(connector)
 }
 

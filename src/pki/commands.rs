@@ -23,6 +23,14 @@ use super::store::{self, CaDir, Entry, Kind, Status};
 use super::{KeyType, LeafRequest, Usage, Validity};
 use crate::config::Config;
 
+/// Validity in days: at least one, at most a century (past that, dates overflow).
+fn days(raw: &str) -> Result<i64, String> {
+    match raw.parse::<i64>() {
+        Ok(days) if (1..=36_500).contains(&days) => Ok(days),
+        _ => Err(format!("{raw:?} is not a number of days from 1 to 36500")),
+    }
+}
+
 /// `trustgate pki ...`
 #[derive(Debug, Args)]
 pub struct PkiArgs {
@@ -45,7 +53,7 @@ pub enum PkiCommand {
         /// The root's common name.
         #[arg(long, default_value = "trustgate internal root CA")]
         cn: String,
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, value_parser = days)]
         days: i64,
         #[arg(long, value_enum, default_value_t)]
         key_type: KeyType,
@@ -63,7 +71,7 @@ pub enum PkiCommand {
         out: PathBuf,
         #[arg(long, default_value = "trustgate internal intermediate CA")]
         cn: String,
-        #[arg(long, default_value_t = 1825)]
+        #[arg(long, default_value_t = 1825, value_parser = days)]
         days: i64,
         /// A DNS suffix the intermediate may issue for (repeatable), e.g. `internal` or
         /// `backend-api`.
@@ -90,7 +98,7 @@ pub enum PkiCommand {
         /// An IP address for the SAN (repeatable).
         #[arg(long)]
         ip: Vec<IpAddr>,
-        #[arg(long, default_value_t = 90)]
+        #[arg(long, default_value_t = 90, value_parser = days)]
         days: i64,
         /// Folder for the files.
         #[arg(long)]
@@ -118,7 +126,7 @@ pub enum PkiCommand {
         #[arg(long)]
         out: PathBuf,
         /// Days until the CRL's next update.
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 7, value_parser = days)]
         days: i64,
     },
     /// Re-issue every leaf under --certs that expires within --within: new key, files replaced
@@ -132,7 +140,7 @@ pub enum PkiCommand {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
         within: Duration,
         /// Validity of the new certificates (default: the old certificate's lifetime).
-        #[arg(long)]
+        #[arg(long, value_parser = days)]
         days: Option<i64>,
     },
     /// List what a CA issued: name, serial, days left, status.
@@ -458,9 +466,6 @@ fn write_leaf(
 
 /// A validity of `days` from now, refused when it would outlive the issuing CA.
 fn within_issuer(issuer: &CaDir, days: i64) -> anyhow::Result<Validity> {
-    if days <= 0 {
-        bail!("--days must be at least 1");
-    }
     let validity = Validity::days(days);
     if validity.not_after > issuer.info.not_after {
         bail!(
@@ -555,9 +560,6 @@ fn revoke(issuer: &Path, target: &RevokeTarget, reason: Reason) -> anyhow::Resul
 }
 
 fn crl(issuer: &Path, out: &Path, days: i64) -> anyhow::Result<()> {
-    if days <= 0 {
-        bail!("--days must be at least 1");
-    }
     let dir = CaDir::open(issuer)?;
     let now = OffsetDateTime::now_utc();
     let mut revoked_certs = Vec::new();
@@ -782,6 +784,9 @@ fn normalize_serial(serial: &str) -> String {
 }
 
 fn decode_hex(hex: &str) -> anyhow::Result<Vec<u8>> {
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("serial {hex:?} is not hex");
+    }
     if !hex.len().is_multiple_of(2) {
         bail!("serial {hex:?} has an odd number of hex digits");
     }

@@ -45,7 +45,10 @@ impl ProxyError {
 /// hyper-util reports only `client error (Connect)`; the cause sits deeper. `io::Error::source()`
 /// skips the error it wraps, so each `io::Error`'s payload is inspected through `get_ref()` too.
 pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    if let Some(reason) = find_cause(err) {
+    let connecting = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_none_or(|e| e.is_connect());
+    if let Some(reason) = find_cause(err, connecting) {
         return reason;
     }
     if let Some(hyper) = err.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
@@ -64,17 +67,18 @@ pub fn describe(err: &(dyn StdError + 'static)) -> String {
 }
 
 /// Depth-first search of the chain, descending into `io::Error` payloads (which may nest).
-fn find_cause(e: &(dyn StdError + 'static)) -> Option<String> {
-    known_cause(e)
+/// `connecting`: the error happened while connecting (TCP + TLS), not in the exchange after.
+fn find_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> {
+    known_cause(e, connecting)
         .or_else(|| {
             e.downcast_ref::<io::Error>()
                 .and_then(io::Error::get_ref)
-                .and_then(|inner| find_cause(inner))
+                .and_then(|inner| find_cause(inner, connecting))
         })
-        .or_else(|| e.source().and_then(find_cause))
+        .or_else(|| e.source().and_then(|source| find_cause(source, connecting)))
 }
 
-fn known_cause(e: &(dyn StdError + 'static)) -> Option<String> {
+fn known_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> {
     if let Some(tls) = e.downcast_ref::<rustls::Error>() {
         return Some(describe_tls(tls));
     }
@@ -95,7 +99,11 @@ fn known_cause(e: &(dyn StdError + 'static)) -> Option<String> {
     if let Some(io) = e.downcast_ref::<io::Error>()
         && io.kind() == io::ErrorKind::UnexpectedEof
     {
-        return Some("the upstream closed the connection during the TLS handshake".into());
+        return Some(if connecting {
+            "the upstream closed the connection during the TLS handshake".into()
+        } else {
+            "the upstream closed the connection before sending a complete response".into()
+        });
     }
     None
 }
