@@ -16,7 +16,8 @@
 //! 3. The response streams back; failures become a status code in one place ([`proxy::error`]).
 //!
 //! Everything the proxy needs is built once, at load, by [`config::Config::load`]: TLS configs,
-//! trust roots and the route table are immutable afterwards, so the request path takes no locks.
+//! trust roots and the route table are immutable afterwards, so the request path takes no lock of
+//! its own (the upstream connection pool inside hyper-util keeps its own).
 //!
 //! # Around the proxy
 //! - [`pki`] runs the internal CA (offline root, constrained intermediate, one leaf per service);

@@ -144,10 +144,6 @@ impl Upstream {
         self.port
     }
 
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
     /// `Host` header value for `preserve_host = false`.
     pub fn host_header(&self) -> &HeaderValue {
         &self.host_header

@@ -161,19 +161,17 @@ pub fn ca_keys(files: &[PemFile], cas: &[KnownCa], context: &str, findings: &mut
     }
 }
 
-/// Checks 1, 2, 4 and 5; returns the CA certificates found, for the compose checks.
+/// CA keys and stray keys near the proxy, public-looking anchors, expiry of the public and CA
+/// certificates, the listener key's mode; returns the CA certificates found, for the compose
+/// checks.
 pub fn check(
     config_path: &Path,
     config: Option<&Config>,
     options: &Options,
     findings: &mut Vec<Finding>,
 ) -> Vec<KnownCa> {
-    let folders = Config::named_folders(config_path).unwrap_or_else(|_| {
-        vec![match config_path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        }]
-    });
+    let folders =
+        Config::named_folders(config_path).unwrap_or_else(|_| vec![Config::folder(config_path)]);
     let files = scan(&folders);
     let anchors: Vec<KnownCa> = config
         .map(|config| {
@@ -271,7 +269,6 @@ pub fn check(
     cas
 }
 
-/// Fingerprints of the system trust store's certificates.
 /// Fingerprints of the system trust store's certificates: from `explicit`, which must be
 /// readable, else from whichever of the distributions' stores exist.
 fn system_store(explicit: Option<&Path>) -> std::io::Result<HashSet<String>> {

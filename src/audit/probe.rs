@@ -34,7 +34,7 @@ enum Failure {
     Refused(String),
 }
 
-/// Checks 3, 4 (leaves) and 7.
+/// What each upstream presents: refusals, shared identities, expiry, CA or non-serverAuth leaves.
 pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>) {
     let verifier = match crate::tls::client::verifier(&config.upstream_tls.anchors) {
         Ok(verifier) => verifier,

@@ -127,10 +127,7 @@ impl Config {
                 reason: e.message().trim().to_owned(),
             }],
         })?;
-        let dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = Self::folder(path);
         let named = [file.server.cert.get_ref(), file.server.key.get_ref()]
             .into_iter()
             .chain(file.upstream_tls.ca.get_ref().as_slice())
@@ -143,6 +140,14 @@ impl Config {
             }
         }
         Ok(folders)
+    }
+
+    /// The folder of a config file: its relative paths start there (`.` for a bare file name).
+    pub fn folder(path: &Path) -> PathBuf {
+        match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
     }
 
     /// A human summary of what was loaded, printed by `trustgate check`.

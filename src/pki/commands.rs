@@ -395,7 +395,7 @@ fn issue(
     dir.save()?;
     println!(
         "issued {} certificate for {}",
-        kind_name(kind),
+        kind.as_str(),
         names.join(", ")
     );
     println!("  serial:      {}", info.serial);
@@ -736,7 +736,7 @@ fn list(issuer: &Path) -> anyhow::Result<()> {
             entry.serial,
             days,
             entry.state(),
-            kind_name(entry.kind)
+            entry.kind.as_str()
         );
     }
     Ok(())
@@ -765,14 +765,6 @@ fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Server => "server",
-        Kind::Client => "client",
-        Kind::Ca => "ca",
-    }
 }
 
 fn normalize_serial(serial: &str) -> String {

@@ -319,8 +319,7 @@ fn serial() -> Result<(SerialNumber, String), PkiError> {
         .map_err(|_| PkiError::Random)?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // and exactly 16 bytes long
-    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((SerialNumber::from_slice(&bytes), hex))
+    Ok((SerialNumber::from_slice(&bytes), inspect::hex(&bytes)))
 }
 
 #[cfg(test)]
@@ -353,10 +352,6 @@ mod tests {
         assert!(leaf.key_pem.contains("PRIVATE KEY"));
     }
 
-    fn hex(bytes: Vec<u8>) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn every_leaf_gets_its_own_key_and_serial() {
         let root = Ca::root("Test Root", Validity::days(30)).unwrap();
@@ -371,6 +366,6 @@ mod tests {
                 .to_vec()
         };
         assert_ne!(serial(&a.cert), serial(&b.cert));
-        assert_eq!(hex(serial(&a.cert)), a.serial);
+        assert_eq!(inspect::hex(&serial(&a.cert)), a.serial);
     }
 }
