@@ -424,3 +424,68 @@ async fn shutdown_grace_period_is_bounded() {
         .unwrap();
     logs().line_with(&["shutdown grace period elapsed"]).await;
 }
+
+#[tokio::test]
+async fn connect_asterisk_and_overlong_targets_are_refused() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    // A root route would match anything: CONNECT and `OPTIONS *` must still not pass.
+    let proxy = Proxy::start(
+        &pki,
+        &route(
+            "/",
+            &format!("https://backend-api:{}/base/", backend.port()),
+            &backend,
+        ),
+    )
+    .await;
+    let connect = raw_exchange(
+        &pki,
+        proxy.addr,
+        b"CONNECT backend-api:8443 HTTP/1.1\r\nHost: backend-api:8443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
+    let options = raw_exchange(
+        &pki,
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(options.starts_with("HTTP/1.1 400"), "{options}");
+    // Under the 64 KiB head limit, but too long for a URI once the base path is added.
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 65_530));
+    long.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(&pki, proxy.addr, &long).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert!(backend.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_abandons_its_upload_is_a_400_not_an_upstream_failure() {
+    let pki = TestPki::new();
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, |req, _| async move {
+        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+        Response::new(full("read"))
+    })
+    .await;
+    let proxy = api_proxy(&pki, &backend, "").await;
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\nonly a little")
+        .await
+        .unwrap();
+    tls.shutdown().await.unwrap();
+    drop(tls);
+    let upstream = format!("upstream=https://backend-api:{}/", backend.port());
+    let line = logs().line_with(&[&upstream, "reason="]).await;
+    assert!(line.contains("status=400"), "{line}");
+    assert!(
+        line.contains("reason=the client's request body ended early"),
+        "{line}"
+    );
+    assert!(
+        line.contains("INFO"),
+        "a client's own failure is not a warning: {line}"
+    );
+}

@@ -18,13 +18,18 @@ pub enum ProxyError {
     NoRoute,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("CONNECT is not proxied: trustgate forwards requests, it does not open tunnels")]
+    Connect,
+    #[error("the path is too long to forward once rewritten")]
+    UriTooLong,
+    /// The client's request body failed while it was being sent upstream (the client went away).
+    #[error("the client's request body ended early: {}", describe(.0))]
+    ClientBody(hyper_util::client::legacy::Error),
     /// Connecting, the TLS handshake, or the exchange with the upstream failed.
     #[error("{}", describe(.0))]
     Upstream(hyper_util::client::legacy::Error),
     #[error("upstream sent no response headers within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("cannot build the upstream request: {0}")]
-    Internal(#[from] http::Error),
 }
 
 impl ProxyError {
@@ -32,11 +37,27 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// Sorts a failed exchange: the client's body failing is the client's doing (400, logged at
+    /// info), anything else is the upstream's (502).
+    pub fn exchange(err: hyper_util::client::legacy::Error) -> Self {
+        let mut source = StdError::source(&err);
+        while let Some(e) = source {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
+            {
+                return Self::ClientBody(err);
+            }
+            source = e.source();
+        }
+        Self::Upstream(err)
     }
 }
 
@@ -256,6 +277,8 @@ mod tests {
     #[test]
     fn statuses_are_pinned() {
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
+        assert_eq!(ProxyError::Connect.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(ProxyError::UriTooLong.status(), StatusCode::URI_TOO_LONG);
         assert_eq!(
             ProxyError::BadRequest("x").status(),
             StatusCode::BAD_REQUEST

@@ -104,7 +104,9 @@ impl Proxy {
                 upgrade: upgrade.clone(),
             },
         );
-        parts.uri = route.upstream_uri(&parts.uri)?;
+        parts.uri = route
+            .upstream_uri(&parts.uri)
+            .map_err(|_| ProxyError::UriTooLong)?;
         // The pooled client picks HTTP/2 per connection when the upstream negotiates it.
         parts.version = Version::HTTP_11;
         let request = Request::from_parts(parts, body);
@@ -120,7 +122,7 @@ impl Proxy {
         let mut response = tokio::time::timeout(self.response_timeout, client.request(request))
             .await
             .map_err(|_| ProxyError::Timeout(self.response_timeout))?
-            .map_err(ProxyError::Upstream)?;
+            .map_err(ProxyError::exchange)?;
 
         let mut kept_upgrade = None;
         if let Some(client_upgrade) = client_upgrade
@@ -180,6 +182,13 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
     // chunked; with both headers it applies RFC 9112 section 6.1 (chunked wins, Content-Length is
     // dropped, the connection closes after the response), so bytes smuggled behind the body are
     // never read as a request. tests/failures.rs pins that behaviour.
+    if req.method() == http::Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    // Only origin-form targets (and HTTP/2's absolute ones) name a path; `OPTIONS *` does not.
+    if !req.uri().path().starts_with('/') {
+        return Err(ProxyError::BadRequest("the request target is not a path"));
+    }
     if let Some(why) = routing::unsafe_path(req.uri().path()) {
         return Err(ProxyError::BadRequest(why));
     }
@@ -188,12 +197,18 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
 
 /// A short plain-text response that names the status and nothing internal.
 fn error_response(status: StatusCode) -> Response<ProxyBody> {
-    let body = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let body = match status {
+        StatusCode::BAD_REQUEST => Bytes::from_static(b"400 Bad Request\n"),
+        StatusCode::NOT_FOUND => Bytes::from_static(b"404 Not Found\n"),
+        StatusCode::BAD_GATEWAY => Bytes::from_static(b"502 Bad Gateway\n"),
+        StatusCode::GATEWAY_TIMEOUT => Bytes::from_static(b"504 Gateway Timeout\n"),
+        other => Bytes::from(format!(
+            "{} {}\n",
+            other.as_u16(),
+            other.canonical_reason().unwrap_or("Error")
+        )),
+    };
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
