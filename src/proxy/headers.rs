@@ -115,12 +115,35 @@ pub fn prepare_response(
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Connection may name more hop-by-hop headers. Host and Content-Length are never taken from
     // the message that way: losing them would change where or how the body is delivered.
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
+    // `Connection: keep-alive` / `close` / `upgrade`, the common cases, name nothing extra and
+    // cost no allocation.
+    let names_more = |token: &str| {
+        let token = token.trim();
+        const REMOVED_ANYWAY: [&str; 8] = [
+            "close",
+            "keep-alive",
+            "upgrade",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "proxy-connection",
+            "connection",
+        ];
+        !token.is_empty()
+            && !REMOVED_ANYWAY
+                .iter()
+                .any(|known| token.eq_ignore_ascii_case(known))
+    };
+    let connection = headers.get_all(header::CONNECTION);
+    let tokens = || {
+        connection
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
+    };
+    if tokens().any(names_more) {
+        let listed: Vec<HeaderName> = tokens()
+            .filter(|token| names_more(token))
             .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
             .filter(|name| *name != header::HOST && *name != header::CONTENT_LENGTH)
             .collect();
