@@ -53,24 +53,9 @@ pub enum Command {
     /// anchors, shared or mismatched certificates, expiry, exposed backends. Exit code 1 when
     /// anything high or critical is found.
     Audit {
-        /// The proxy's configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
-        /// Also check this Docker Compose file's networks, ports and mounts.
-        #[arg(long)]
-        compose: Option<PathBuf>,
-        /// The compose service that runs the proxy.
-        #[arg(long, default_value = "proxy")]
-        proxy_service: String,
-        /// Connect to every upstream as the proxy would and check what it presents.
-        #[arg(long)]
-        probe: bool,
-        /// Certificates expiring within this many days are reported.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(0..=36_500))]
-        warn_days: i64,
-        /// The system trust store to compare upstream anchors with (default: the distribution's).
-        #[arg(long)]
-        system_store: Option<PathBuf>,
+        #[command(flatten)]
+        options: trustgate::audit::Options,
+        /// Findings as text for people or JSON for scripts.
         #[arg(long, value_enum, default_value_t)]
         format: trustgate::audit::Format,
     },

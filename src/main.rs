@@ -74,23 +74,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             demo::run(listen, dir).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit {
-            config,
-            compose,
-            proxy_service,
-            probe,
-            warn_days,
-            system_store,
-            format,
-        } => {
-            let options = trustgate::audit::Options {
-                config,
-                compose,
-                proxy_service,
-                probe,
-                warn_days,
-                system_store,
-            };
+        Command::Audit { options, format } => {
             let report = trustgate::audit::run(&options).await;
             println!("{}", report.render(format));
             Ok(if report.passed() {

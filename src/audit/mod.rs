@@ -77,16 +77,26 @@ pub enum Format {
     Json,
 }
 
-/// What to audit.
-#[derive(Debug, Clone)]
+/// What to audit (also the `trustgate audit` command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// The proxy's configuration file.
+    #[arg(short, long)]
     pub config: PathBuf,
+    /// Also check this Docker Compose file's networks, ports and mounts.
+    #[arg(long)]
     pub compose: Option<PathBuf>,
-    /// The compose service that is the proxy.
+    /// The compose service that runs the proxy.
+    #[arg(long, default_value = "proxy")]
     pub proxy_service: String,
+    /// Connect to every upstream as the proxy would and check what it presents.
+    #[arg(long)]
     pub probe: bool,
+    /// Certificates expiring within this many days are reported.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(0..=36_500))]
     pub warn_days: i64,
     /// The system trust store to compare upstream anchors with (default: the distribution's).
+    #[arg(long)]
     pub system_store: Option<PathBuf>,
 }
 
