@@ -7,7 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -31,11 +31,25 @@ pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the handler knows about the connection a request arrived on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The SNI the client sent, if any.
     pub sni: Option<String>,
+    /// Keeps shutdown waiting while the connection lives on as an upgraded tunnel, which hyper
+    /// no longer tracks once it has handed the socket over.
+    drain: Mutex<Option<Watcher>>,
+}
+
+/// Held by an upgraded tunnel: graceful shutdown waits for it (up to the grace period).
+#[derive(Debug)]
+pub struct DrainGuard(#[allow(dead_code)] Watcher);
+
+impl ConnectionInfo {
+    /// The guard for a tunnel taking over this connection; `None` when already taken.
+    pub fn hold_for_tunnel(&self) -> Option<DrainGuard> {
+        self.drain.lock().ok()?.take().map(DrainGuard)
+    }
 }
 
 /// A TLS listener serving HTTP/1.1 and HTTP/2 (chosen by ALPN or the connection preface).
@@ -103,6 +117,7 @@ impl TlsServer {
             let http = self.http.clone();
             let handler = handler.clone();
             let watcher = graceful.watcher();
+            let tunnel_watcher = graceful.watcher();
             let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
@@ -120,6 +135,7 @@ impl TlsServer {
                 let info = Arc::new(ConnectionInfo {
                     peer,
                     sni: tls.get_ref().1.server_name().map(str::to_owned),
+                    drain: Mutex::new(Some(tunnel_watcher)),
                 });
                 let service = service_fn(move |req| {
                     let response = handler(req, info.clone());
@@ -171,7 +187,7 @@ impl Gateway {
         let proxy = self.proxy;
         let handler = move |req, info: Arc<ConnectionInfo>| {
             let proxy = proxy.clone();
-            async move { proxy.handle(req, info.peer).await }
+            async move { proxy.handle(req, &info).await }
         };
         self.server.serve(listener, handler, shutdown).await;
     }

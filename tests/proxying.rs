@@ -196,10 +196,9 @@ async fn http2_clients_are_served() {
     assert_eq!(seen.uri.path(), "/h2");
 }
 
-#[tokio::test]
-async fn websocket_upgrade_is_tunnelled_both_ways() {
-    let pki = TestPki::new();
-    let backend = Backend::custom(&pki.leaf(&["backend-ws"]), H2_H1, |mut req, _| async move {
+/// A backend that accepts a WebSocket upgrade and echoes every read with an `echo:` prefix.
+async fn websocket_backend(pki: &TestPki) -> Backend {
+    Backend::custom(&pki.leaf(&["backend-ws"]), H2_H1, |mut req, _| async move {
         let wants_ws = req
             .headers()
             .get("upgrade")
@@ -234,10 +233,14 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
             .body(empty())
             .unwrap()
     })
-    .await;
-    let proxy = Proxy::start(&pki, &route_to("/ws", "backend-ws", &backend)).await;
+    .await
+}
 
-    let mut tls = raw_tls(&pki, proxy.addr).await;
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket through the proxy; returns the socket and the 101 head, lowercased.
+async fn open_websocket(pki: &TestPki, proxy: &Proxy) -> (Tls, String) {
+    let mut tls = raw_tls(pki, proxy.addr).await;
     tls.write_all(
         b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -259,7 +262,25 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
         );
         head.push(byte[0]);
     }
-    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    (tls, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+async fn assert_echo(tls: &mut Tls, message: &str) {
+    tls.write_all(message.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 5 + message.len()];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf), format!("echo:{message}"));
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let pki = TestPki::new();
+    let backend = websocket_backend(&pki).await;
+    let proxy = Proxy::start(&pki, &route_to("/ws", "backend-ws", &backend)).await;
+    let (mut tls, head) = open_websocket(&pki, &proxy).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
@@ -267,14 +288,30 @@ async fn websocket_upgrade_is_tunnelled_both_ways() {
         head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
         "{head}"
     );
-
     for message in ["hello", "second frame"] {
-        tls.write_all(message.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; 5 + message.len()];
-        tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&buf), format!("echo:{message}"));
+        assert_echo(&mut tls, message).await;
     }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_open_websocket_tunnels() {
+    let pki = TestPki::new();
+    let backend = websocket_backend(&pki).await;
+    let mut proxy = Proxy::start(&pki, &route_to("/ws", "backend-ws", &backend)).await;
+    let (mut tls, head) = open_websocket(&pki, &proxy).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_echo(&mut tls, "before").await;
+
+    proxy.shutdown();
+    // The tunnel keeps working while the proxy drains, and the drain waits for it.
+    assert_echo(&mut tls, "during the drain").await;
+    let mut task = proxy.task.take().unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut task).await;
+    assert!(early.is_err(), "shutdown finished with a tunnel still open");
+
+    drop(tls);
+    tokio::time::timeout(Duration::from_secs(4), task)
+        .await
+        .expect("the drain ends once the tunnel closes")
+        .unwrap();
 }

@@ -7,7 +7,6 @@ pub mod error;
 pub mod headers;
 pub mod upgrade;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +20,7 @@ pub use self::error::ProxyError;
 use self::headers::Forwarding;
 use crate::config::Config;
 use crate::routing::{self, Route, RouteTable};
+use crate::server::ConnectionInfo;
 use crate::upstream::Upstreams;
 
 /// A response body: the upstream's, streamed, or a short one of our own.
@@ -44,13 +44,18 @@ impl Proxy {
 
     /// Proxies one request. Never fails: errors become a status code, a short plain-text body
     /// (never internal detail) and one log line with route, upstream, peer and reason.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnectionInfo,
+    ) -> Response<ProxyBody> {
+        let peer = conn.peer;
         let started = Instant::now();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let route = self.routes.find(uri.path());
         let result = match route {
-            Some(route) => self.forward(route, req, peer).await,
+            Some(route) => self.forward(route, req, conn).await,
             None => Err(ProxyError::NoRoute),
         };
         let route_name = route.map_or("-", |r| r.prefix.as_str());
@@ -83,8 +88,9 @@ impl Proxy {
         &self,
         route: &Route,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ConnectionInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let peer = conn.peer;
         check_request(&req)?;
         // Only HTTP/1.1 can upgrade a connection; HTTP/2 has no Upgrade header.
         let upgrade = if req.version() == Version::HTTP_11 {
@@ -133,6 +139,7 @@ impl Proxy {
             upgrade::tunnel(
                 client_upgrade,
                 upstream_upgrade,
+                conn.hold_for_tunnel(),
                 route.prefix.to_string(),
                 peer,
             );

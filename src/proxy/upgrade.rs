@@ -7,10 +7,20 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{debug, info};
 
+use crate::server::DrainGuard;
+
 /// Spawns the tunnel. Both upgrades complete only after the 101 response has been written to the
-/// client, so this must not be awaited on the request path.
-pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, route: String, peer: SocketAddr) {
+/// client, so this must not be awaited on the request path. `guard` keeps a graceful shutdown
+/// waiting (up to its grace period) until the tunnel closes.
+pub fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    guard: Option<DrainGuard>,
+    route: String,
+    peer: SocketAddr,
+) {
     tokio::spawn(async move {
+        let _guard = guard;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
