@@ -19,6 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -55,6 +56,7 @@ impl ConnectionInfo {
 /// A TLS listener serving HTTP/1.1 and HTTP/2 (chosen by ALPN or the connection preface).
 pub struct TlsServer {
     acceptor: TlsAcceptor,
+    connections: Arc<Semaphore>,
     http: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
     shutdown_grace: Duration,
@@ -77,10 +79,18 @@ impl TlsServer {
             .keep_alive_timeout(Duration::from_secs(10));
         Self {
             acceptor: TlsAcceptor::from(tls),
+            connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             http,
             handshake_timeout: client_header,
             shutdown_grace,
         }
+    }
+
+    /// Serves at most `limit` connections at once; further clients wait in the accept queue
+    /// until one closes.
+    pub fn max_connections(mut self, limit: usize) -> Self {
+        self.connections = Arc::new(Semaphore::new(limit.min(Semaphore::MAX_PERMITS)));
+        self
     }
 
     /// Serves until `shutdown` completes, then stops accepting and waits up to the grace period
@@ -100,6 +110,17 @@ impl TlsServer {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
+            if self.connections.available_permits() == 0 {
+                warn!("connection limit reached ([server] max_connections); new clients wait");
+            }
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                permit = self.connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // the semaphore is never closed
+                },
+            };
             let (tcp, peer) = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -120,6 +141,7 @@ impl TlsServer {
             let tunnel_watcher = graceful.watcher();
             let handshake_timeout = self.handshake_timeout;
             tokio::spawn(async move {
+                let _permit = permit;
                 let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(tls)) => tls,
@@ -176,7 +198,8 @@ impl Gateway {
                 config.server.tls.clone(),
                 config.timeouts.client_header,
                 config.server.shutdown_grace,
-            ),
+            )
+            .max_connections(config.server.max_connections),
             proxy: Arc::new(Proxy::new(config)),
         }
     }

@@ -643,6 +643,27 @@ address = \"backend-reports\"
 }
 
 #[test]
+fn max_connections_must_be_a_sensible_count() {
+    let pki = TestPki::new();
+    for bad in ["0", "-3", "2000000"] {
+        let text = edit(
+            "key = \"public/privkey.pem\"",
+            &format!("key = \"public/privkey.pem\"\nmax_connections = {bad}"),
+        );
+        let (path, problem) = only_problem(&pki, &text);
+        assert_problem(
+            &problem,
+            &path,
+            Some(5),
+            "server.max_connections",
+            "is not a number from 1 to 1000000",
+        );
+    }
+    let (_, loaded) = load(&pki, BASE);
+    assert_eq!(loaded.unwrap().server.max_connections, 10_000);
+}
+
+#[test]
 fn default_port_and_explicit_443_are_one_upstream() {
     // `https://backend-api/` and `https://backend-api:443/` reach the same host:port, so they
     // cannot be given two addresses.

@@ -310,6 +310,49 @@ async fn slow_clients_are_cut_off() {
 }
 
 #[tokio::test]
+async fn connections_beyond_the_limit_wait_their_turn() {
+    logs(); // capture from the start: the limit warning comes from the accept loop
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
+         max_connections = 2\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{}",
+        route_to("/api", "backend-api", &backend)
+    );
+    let path = pki.path("limited.toml");
+    write(&path, &config);
+    let config = trustgate::Config::load(&path).unwrap();
+    assert_eq!(config.server.max_connections, 2);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(trustgate::Gateway::new(&config).serve(listener, std::future::pending()));
+
+    let first = raw_tls(&pki, addr).await;
+    let _second = raw_tls(&pki, addr).await;
+    // The third client's TCP connection waits in the accept queue: no TLS handshake yet.
+    let third = tokio::spawn({
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_tls(&[b"http/1.1"])));
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !third.is_finished(),
+        "a third connection was served beyond the limit"
+    );
+    logs().line_with(&["connection limit reached"]).await;
+    drop(first);
+    let handshake = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("the third client is served once a slot frees")
+        .unwrap();
+    assert!(handshake.is_ok(), "{handshake:?}");
+}
+
+#[tokio::test]
 async fn garbage_on_the_socket_does_not_stop_the_listener() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;

@@ -46,6 +46,8 @@ pub struct Server {
     pub tls: Arc<ServerConfig>,
     /// How long in-flight requests may run after SIGTERM / SIGINT.
     pub shutdown_grace: Duration,
+    /// Client connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// `[upstream_tls]`: the internal CA, the only trust anchors for upstreams.
@@ -77,6 +79,10 @@ impl Default for Timeouts {
         }
     }
 }
+
+/// Default for `[server] max_connections`: far below the usual file-descriptor limits, so the
+/// proxy keeps descriptors for its upstream connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Default for `[server] shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -191,6 +197,18 @@ impl Loader<'_> {
             "server.shutdown_grace",
             DEFAULT_SHUTDOWN_GRACE,
         );
+        let max_connections = match &table.max_connections {
+            None => Some(DEFAULT_MAX_CONNECTIONS),
+            Some(value) => {
+                let parsed = usize::try_from(*value.get_ref())
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| {
+                        format!("{} is not a number from 1 to 1000000", value.get_ref())
+                    });
+                self.check(value, "server.max_connections", parsed)
+            }
+        };
         let cert = self.resolve(table.cert.get_ref());
         let key = self.resolve(table.key.get_ref());
         let chain = tls::load_certs(&cert);
@@ -236,6 +254,7 @@ impl Loader<'_> {
             chain: chain?,
             tls: tls?,
             shutdown_grace,
+            max_connections: max_connections?,
         })
     }
 
