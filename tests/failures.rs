@@ -29,16 +29,8 @@ async fn dead_upstream_is_a_502_naming_the_address() {
         .unwrap();
     // The listener is dropped: nothing listens on `closed` any more.
     let upstream = format!("https://backend-dead:{}/", closed.port());
-    let proxy = Proxy::start(
-        &pki,
-        &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{closed}\"\n"),
-    )
-    .await;
-    let got = get(&client(&pki, false), &proxy.url("/x")).await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs()
-        .line_with(&[&format!("upstream={upstream}"), "reason="])
-        .await;
+    let proxy = Proxy::start(&pki, &route_at("/", &upstream, closed)).await;
+    let line = bad_gateway(&pki, &proxy, "/x", &upstream).await;
     assert!(
         line.contains(&format!(
             "reason=connection refused by backend-dead:{} at {closed}: is the service up?",
@@ -61,16 +53,12 @@ async fn black_holed_upstream_hits_the_connect_timeout() {
         }
     });
     let upstream = format!("https://backend-hole:{}/", addr.port());
-    let proxy = Proxy::start(
-        &pki,
-        &format!("[timeouts]\nconnect = \"300ms\"\n\n[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n"),
-    )
-    .await;
-    let got = get(&client(&pki, false), &proxy.url("/x")).await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs()
-        .line_with(&[&format!("upstream={upstream}"), "reason="])
-        .await;
+    let routes = format!(
+        "[timeouts]\nconnect = \"300ms\"\n\n{}",
+        route_at("/", &upstream, addr)
+    );
+    let proxy = Proxy::start(&pki, &routes).await;
+    let line = bad_gateway(&pki, &proxy, "/x", &upstream).await;
     assert!(
         line.contains("reason=connect and TLS handshake did not finish within 300ms"),
         "{line}"
@@ -123,16 +111,8 @@ async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
         }
     });
     let upstream = format!("https://backend-api:{}/", addr.port());
-    let proxy = Proxy::start(
-        &pki,
-        &format!("[[route]]\nprefix = \"/\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n"),
-    )
-    .await;
-    let got = get(&client(&pki, false), &proxy.url("/x")).await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs()
-        .line_with(&[&format!("upstream={upstream}"), "reason="])
-        .await;
+    let proxy = Proxy::start(&pki, &route_at("/", &upstream, addr)).await;
+    let line = bad_gateway(&pki, &proxy, "/x", &upstream).await;
     assert!(line.contains("closed the connection"), "{line}");
 }
 

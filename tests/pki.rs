@@ -76,6 +76,20 @@ fn init_ca(dir: &Path, permit: &[&str]) {
     pki_ok(dir, &args);
 }
 
+/// `pki issue --ca ca --name backend-api --out certs/backend-api`; returns the serial.
+fn issue_backend_api(dir: &Path) -> String {
+    let args = [
+        "issue",
+        "--ca",
+        "ca",
+        "--name",
+        "backend-api",
+        "--out",
+        "certs/backend-api",
+    ];
+    printed_serial(&pki_ok(dir, &args))
+}
+
 /// The serial `pki issue` printed.
 fn printed_serial(stdout: &str) -> String {
     stdout
@@ -182,19 +196,7 @@ async fn issued_files_serve_through_the_proxy_and_revocation_reaches_the_crl() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     init_ca(d, &[]);
-    let out = pki_ok(
-        d,
-        &[
-            "issue",
-            "--ca",
-            "ca",
-            "--name",
-            "backend-api",
-            "--out",
-            "certs/backend-api",
-        ],
-    );
-    let serial = printed_serial(&out);
+    let serial = issue_backend_api(d);
     assert_eq!(serial.len(), 32, "128-bit serial: {serial}");
     let line = index_line(&d.join("ca"), &serial);
     assert!(line.contains("status=valid kind=server"), "{line}");
@@ -669,19 +671,7 @@ fn list_and_inspect_show_what_an_operator_checks() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     init_ca(d, &[]);
-    let out = pki_ok(
-        d,
-        &[
-            "issue",
-            "--ca",
-            "ca",
-            "--name",
-            "backend-api",
-            "--out",
-            "certs/backend-api",
-        ],
-    );
-    let serial = printed_serial(&out);
+    let serial = issue_backend_api(d);
     let row = |listing: &str| -> Vec<String> {
         let line = listing
             .lines()

@@ -62,33 +62,26 @@ async fn preserve_host_keeps_sni_and_verified_name_on_the_service() {
     assert_eq!(seen.sni.as_deref(), Some("backend-api"));
 }
 
-/// Starts a backend with `cert`, routes `/svc` to `https://<name>:<port>/`, asserts a 502 with a
-/// bare body, and returns the proxy's log line for it.
+/// Starts a backend with `cert`, routes `/svc` to `https://<name>:<port>/`, asserts a bare 502
+/// that never reached the backend, and returns the proxy's log line for it.
 async fn refused(pki: &TestPki, cert: &ServerCert, name: &str) -> String {
     let backend = Backend::recording(cert, H2_H1, "x").await;
     let upstream = format!("https://{name}:{}/", backend.port());
     let proxy = Proxy::start(pki, &route("/svc", &upstream, &backend)).await;
-    let got = get(&client(pki, false), &proxy.url("/svc/x")).await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(
-        got.text(),
-        "502 Bad Gateway\n",
-        "no internal detail for the client"
-    );
+    let line = bad_gateway(pki, &proxy, "/svc/x", &upstream).await;
     assert!(
         backend.seen().is_empty(),
         "the request must not reach an untrusted backend"
     );
-    let peer = "peer=127.0.0.1:";
-    logs()
-        .line_with(&[
-            "request not proxied",
-            &format!("upstream={upstream}"),
-            "route=/svc",
-            peer,
-            "status=502",
-        ])
-        .await
+    for field in [
+        "request not proxied",
+        "route=/svc",
+        "peer=127.0.0.1:",
+        "status=502",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    line
 }
 
 #[tokio::test]
@@ -228,16 +221,8 @@ async fn plain_http_upstream_is_refused() {
         }
     });
     let upstream = format!("https://backend-plain:{}/", addr.port());
-    let proxy = Proxy::start(
-        &pki,
-        &format!("[[route]]\nprefix = \"/p\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n"),
-    )
-    .await;
-    let got = get(&client(&pki, false), &proxy.url("/p")).await;
-    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
-    let line = logs()
-        .line_with(&[&format!("upstream={upstream}"), "reason="])
-        .await;
+    let proxy = Proxy::start(&pki, &route_at("/p", &upstream, addr)).await;
+    let line = bad_gateway(&pki, &proxy, "/p", &upstream).await;
     assert!(line.contains("did not answer with valid TLS"), "{line}");
 }
 

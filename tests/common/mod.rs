@@ -423,10 +423,27 @@ pub fn route_to(prefix: &str, service: &str, backend: &Backend) -> String {
 
 /// A `[[route]]` block with `address` pointing at `backend`.
 pub fn route(prefix: &str, upstream: &str, backend: &Backend) -> String {
-    format!(
-        "[[route]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\naddress = \"{}\"\n\n",
-        backend.addr
-    )
+    route_at(prefix, upstream, backend.addr)
+}
+
+/// A `[[route]]` block with `address` pointing at `addr` (a socket that is not a `Backend`).
+pub fn route_at(prefix: &str, upstream: &str, addr: SocketAddr) -> String {
+    format!("[[route]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\naddress = \"{addr}\"\n\n")
+}
+
+/// GETs `path` through `proxy`, asserts a bare 502 and returns the proxy's log line for
+/// `upstream`, which holds the reason.
+pub async fn bad_gateway(pki: &TestPki, proxy: &Proxy, path: &str, upstream: &str) -> String {
+    let got = get(&client(pki, false), &proxy.url(path)).await;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        got.text(),
+        "502 Bad Gateway\n",
+        "no internal detail for the client"
+    );
+    logs()
+        .line_with(&[&format!("upstream={upstream}"), "reason="])
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
