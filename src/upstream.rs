@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,11 +24,12 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::config::Config;
+use crate::proxy::body::UpstreamBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The pooled client requests are sent with.
-pub type UpstreamClient = Client<Connector, Incoming>;
+pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
 /// The two pools: one that speaks HTTP/2 when the upstream offers it by ALPN, and one that speaks
 /// only HTTP/1.1, for requests that upgrade the connection (WebSocket), which HTTP/2 cannot carry.

@@ -91,6 +91,50 @@ async fn slow_upstream_is_a_504() {
 }
 
 #[tokio::test]
+async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_408() {
+    let pki = TestPki::new();
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, |req, _| async move {
+        let body = http_body_util::BodyExt::collect(req.into_body()).await;
+        Response::new(full(format!(
+            "{} bytes",
+            body.map(|b| b.to_bytes().len()).unwrap_or(0)
+        )))
+    })
+    .await;
+    let proxy = api_proxy(
+        &pki,
+        &backend,
+        "[timeouts]\nresponse = \"300ms\"\nclient_header = \"400ms\"\n",
+    )
+    .await;
+    let head = b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+
+    // An upload that trickles in for longer than the response timeout, never idle for long.
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(head).await.unwrap();
+    for byte in [b"a", b"b", b"c", b"d", b"e"] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tls.write_all(byte).await.unwrap();
+    }
+    let answer = read_until_close(&mut tls, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("5 bytes"), "{answer}");
+
+    // An upload that stops: the client hears 408 once it has been idle for client_header.
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(head).await.unwrap();
+    tls.write_all(b"ab").await.unwrap();
+    let answer = read_until_close(&mut tls, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let upstream = format!("upstream=https://backend-api:{}/", backend.port());
+    let line = logs().line_with(&[&upstream, "status=408"]).await;
+    assert!(
+        line.contains("reason=the client stalled: no request body data arrived for 400ms"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
     let pki = TestPki::new();
     let cert = pki.leaf(&["backend-api"]);

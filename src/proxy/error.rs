@@ -25,10 +25,16 @@ pub enum ProxyError {
     /// The client's request body failed while it was being sent upstream (the client went away).
     #[error("the client's request body ended early: {}", describe(.0))]
     ClientBody(hyper_util::client::legacy::Error),
+    /// The client stopped sending its request body.
+    #[error("the client stalled: {}", describe(.0))]
+    ClientStalled(hyper_util::client::legacy::Error),
     /// Connecting, the TLS handshake, or the exchange with the upstream failed.
     #[error("{}", describe(.0))]
     Upstream(hyper_util::client::legacy::Error),
-    #[error("upstream sent no response headers within {}", humantime::format_duration(*.0))]
+    #[error(
+        "upstream sent no response headers within {} of receiving the whole request",
+        humantime::format_duration(*.0)
+    )]
     Timeout(Duration),
 }
 
@@ -38,6 +44,7 @@ impl ProxyError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -48,16 +55,22 @@ impl ProxyError {
     /// Sorts a failed exchange: the client's body failing is the client's doing (400, logged at
     /// info), anything else is the upstream's (502).
     pub fn exchange(err: hyper_util::client::legacy::Error) -> Self {
+        let mut client_side = false;
         let mut source = StdError::source(&err);
         while let Some(e) = source {
-            if e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_user)
-            {
-                return Self::ClientBody(err);
+            if e.is::<super::body::BodyStalled>() {
+                return Self::ClientStalled(err);
             }
+            client_side |= e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user);
             source = e.source();
         }
-        Self::Upstream(err)
+        if client_side {
+            Self::ClientBody(err)
+        } else {
+            Self::Upstream(err)
+        }
     }
 }
 
@@ -102,6 +115,9 @@ fn find_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> 
 fn known_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> {
     if let Some(tls) = e.downcast_ref::<rustls::Error>() {
         return Some(describe_tls(tls));
+    }
+    if let Some(stalled) = e.downcast_ref::<super::body::BodyStalled>() {
+        return Some(stalled.to_string());
     }
     if let Some(timeout) = e.downcast_ref::<ConnectTimeout>() {
         return Some(timeout.to_string());

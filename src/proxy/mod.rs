@@ -3,6 +3,7 @@
 //! [`Proxy::handle`] always answers: it wraps `Proxy::forward`, which uses `?`, and turns every
 //! error into a status code and one log line in a single place.
 
+pub mod body;
 pub mod error;
 pub mod headers;
 pub mod upgrade;
@@ -16,6 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use self::body::UpstreamBody;
 pub use self::error::ProxyError;
 use self::headers::Forwarding;
 use crate::config::Config;
@@ -31,6 +33,8 @@ pub struct Proxy {
     routes: RouteTable,
     upstreams: Upstreams,
     response_timeout: Duration,
+    /// How long a request body may stall between frames.
+    body_idle: Duration,
 }
 
 impl Proxy {
@@ -39,6 +43,7 @@ impl Proxy {
             routes: config.routes.clone(),
             upstreams: Upstreams::new(config),
             response_timeout: config.timeouts.response,
+            body_idle: config.timeouts.client_header,
         }
     }
 
@@ -115,6 +120,7 @@ impl Proxy {
             .map_err(|_| ProxyError::UriTooLong)?;
         // The pooled client picks HTTP/2 per connection when the upstream negotiates it.
         parts.version = Version::HTTP_11;
+        let (body, sent) = UpstreamBody::new(body, self.body_idle);
         let request = Request::from_parts(parts, body);
 
         // HTTP/2 carries the host in :authority, which must stay the service name the
@@ -125,10 +131,16 @@ impl Proxy {
         } else {
             &self.upstreams.client
         };
-        let mut response = tokio::time::timeout(self.response_timeout, client.request(request))
-            .await
-            .map_err(|_| ProxyError::Timeout(self.response_timeout))?
-            .map_err(ProxyError::exchange)?;
+        // The response timeout runs from the moment the request body has been sent in full, so
+        // a long upload is not mistaken for a slow upstream.
+        let answered = async {
+            let _ = sent.await;
+            tokio::time::sleep(self.response_timeout).await;
+        };
+        let mut response = tokio::select! {
+            result = client.request(request) => result.map_err(ProxyError::exchange)?,
+            () = answered => return Err(ProxyError::Timeout(self.response_timeout)),
+        };
 
         let mut kept_upgrade = None;
         if let Some(client_upgrade) = client_upgrade
