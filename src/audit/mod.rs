@@ -213,16 +213,6 @@ pub(crate) fn expiry(
     }
 }
 
-/// "3 days", "5 hours", "12 minutes", to the nearest unit (a certificate issued for 10 days a
-/// second ago expires "in 10 days").
 fn span(duration: time::Duration) -> String {
-    let seconds = duration.whole_seconds();
-    let (n, unit) = if seconds >= 86_400 - 1_800 {
-        ((seconds + 43_200) / 86_400, "day")
-    } else if seconds >= 3_600 - 30 {
-        ((seconds + 1_800) / 3_600, "hour")
-    } else {
-        ((seconds + 30) / 60, "minute")
-    };
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+    crate::pki::inspect::human_span(duration.whole_seconds().unsigned_abs())
 }

@@ -169,6 +169,21 @@ pub fn days_until(at: OffsetDateTime) -> i64 {
     (seconds + 43_200).div_euclid(86_400)
 }
 
+/// A coarse human duration, to the nearest unit: "2 days", "5 hours", "12 minutes", "42 seconds"
+/// (a certificate issued for 10 days a second ago expires "in 10 days").
+pub fn human_span(seconds: u64) -> String {
+    let (n, unit) = if seconds >= 86_400 - 1_800 {
+        ((seconds + 43_200) / 86_400, "day")
+    } else if seconds >= 3_600 - 30 {
+        ((seconds + 1_800) / 3_600, "hour")
+    } else if seconds >= 60 {
+        ((seconds + 30) / 60, "minute")
+    } else {
+        (seconds, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

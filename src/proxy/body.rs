@@ -24,9 +24,11 @@ pub struct BodyStalled(pub Duration);
 pub struct UpstreamBody {
     inner: Incoming,
     idle: Duration,
-    /// Armed while waiting for the next frame; first armed when the upstream starts reading.
-    stall: Pin<Box<Sleep>>,
-    polled: bool,
+    /// Armed while the upstream waits for the next frame; created the first time it has to
+    /// wait, so bodies that never keep it waiting (an empty GET, most small posts) cost no timer.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Data arrived since the timer was last armed: re-arm it at the next wait.
+    rearm: bool,
     /// Fired once the body has been sent in full (or dropped by the client library).
     sent: Option<oneshot::Sender<()>>,
 }
@@ -36,8 +38,8 @@ impl UpstreamBody {
     pub fn new(inner: Incoming, idle: Duration) -> (Self, oneshot::Receiver<()>) {
         let (sent, sent_rx) = oneshot::channel();
         let mut body = Self {
-            stall: Box::pin(tokio::time::sleep(idle)),
-            polled: false,
+            stall: None,
+            rearm: false,
             inner,
             idle,
             sent: Some(sent),
@@ -65,15 +67,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if !this.polled {
-            // Connecting upstream took its own time: the client's clock starts now.
-            this.polled = true;
-            this.stall.as_mut().reset(Instant::now() + this.idle);
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + this.idle;
-                this.stall.as_mut().reset(deadline);
+                // Data arrived: the client's idle clock starts again at the next wait.
+                this.rearm = true;
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
@@ -84,10 +81,25 @@ impl Body for UpstreamBody {
                 this.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => match this.stall.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(this.idle).into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let idle = this.idle;
+                let deadline = Instant::now() + idle;
+                let stall = match &mut this.stall {
+                    Some(stall) => {
+                        if std::mem::take(&mut this.rearm) {
+                            stall.as_mut().reset(deadline);
+                        }
+                        stall
+                    }
+                    None => this
+                        .stall
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(idle).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

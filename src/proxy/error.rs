@@ -236,16 +236,9 @@ fn unwrap_debug_name(name: &str) -> &str {
     inner.trim_matches('"')
 }
 
-/// A coarse human duration from `earlier` to `later`: "2 days", "5 hours", "42 seconds".
+/// How long from `earlier` to `later`, in words.
 fn span(earlier: &UnixTime, later: &UnixTime) -> String {
-    let secs = later.as_secs().saturating_sub(earlier.as_secs());
-    let (n, unit) = match secs {
-        0..60 => (secs, "second"),
-        60..3600 => (secs / 60, "minute"),
-        3600..86400 => (secs / 3600, "hour"),
-        _ => (secs / 86400, "day"),
-    };
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+    crate::pki::inspect::human_span(later.as_secs().saturating_sub(earlier.as_secs()))
 }
 
 fn date(t: &UnixTime) -> String {
