@@ -179,7 +179,12 @@ fn check_prints_the_summary_of_a_good_config() {
         "  /reports -> https://backend-reports:8443/  verified name \"backend-reports\"  \
          via 127.0.0.1:9443  host rewritten"
             .to_owned(),
-        "timeouts: connect 5s, response 1m, client header 10s; shutdown grace 5s".to_owned(),
+        "timeouts: connect 5s, response 1m, client header 10s, idle 1m, client send 1m, \
+         tunnel idle 1h; shutdown grace 5s"
+            .to_owned(),
+        "limits: 10000 connections (256 per IP), 100 HTTP/2 streams and 32 upstream requests \
+         per connection, uploads at least 1024 bytes/s"
+            .to_owned(),
     ] {
         assert!(
             lines.contains(&expected.as_str()),

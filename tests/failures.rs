@@ -104,7 +104,8 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let proxy = api_proxy(
         &pki,
         &backend,
-        "[timeouts]\nresponse = \"300ms\"\nclient_header = \"400ms\"\n",
+        "[timeouts]\nresponse = \"300ms\"\nclient_header = \"400ms\"\n\n\
+         [limits]\nmin_upload_rate = 1\n",
     )
     .await;
     let head = b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
@@ -281,7 +282,12 @@ async fn oversized_request_head_gets_431() {
 async fn slow_clients_are_cut_off() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let proxy = api_proxy(&pki, &backend, "[timeouts]\nclient_header = \"300ms\"\n").await;
+    let proxy = api_proxy(
+        &pki,
+        &backend,
+        "[timeouts]\nclient_header = \"300ms\"\nidle = \"1s\"\n",
+    )
+    .await;
 
     // A request head that never ends.
     let mut tls = raw_tls(&pki, proxy.addr).await;
@@ -300,7 +306,7 @@ async fn slow_clients_are_cut_off() {
     );
 
     // A keep-alive connection left idle after a full exchange is closed too (Apache's
-    // KeepAliveTimeout): the next request head did not arrive in time.
+    // KeepAliveTimeout), after [timeouts] idle, not the shorter client_header.
     let mut tls = raw_tls(&pki, proxy.addr).await;
     tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
@@ -312,9 +318,10 @@ async fn slow_clients_are_cut_off() {
     assert_eq!(&head, b"HTTP/1.1 200");
     let started = std::time::Instant::now();
     let _ = read_until_close(&mut tls, Duration::from_secs(10)).await;
+    let idle_for = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "idle connection was kept open"
+        idle_for >= Duration::from_millis(900) && idle_for < Duration::from_secs(5),
+        "idle connection closed after {idle_for:?}, expected [timeouts] idle = 1s"
     );
 
     // A TLS handshake that never starts.

@@ -14,6 +14,8 @@ pub(super) struct ConfigFile {
     pub(super) upstream_tls: UpstreamTlsTable,
     #[serde(default)]
     pub(super) timeouts: TimeoutsTable,
+    #[serde(default)]
+    pub(super) limits: LimitsTable,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteEntry>,
 }
@@ -57,6 +59,18 @@ pub(super) struct TimeoutsTable {
     pub(super) connect: Option<Spanned<String>>,
     pub(super) response: Option<Spanned<String>>,
     pub(super) client_header: Option<Spanned<String>>,
+    pub(super) idle: Option<Spanned<String>>,
+    pub(super) client_send: Option<Spanned<String>>,
+    pub(super) tunnel_idle: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsTable {
+    pub(super) max_connections_per_ip: Option<Spanned<i64>>,
+    pub(super) h2_max_streams: Option<Spanned<i64>>,
+    pub(super) upstream_per_connection: Option<Spanned<i64>>,
+    pub(super) min_upload_rate: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

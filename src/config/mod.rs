@@ -32,6 +32,7 @@ pub struct Config {
     pub server: Server,
     pub upstream_tls: UpstreamTls,
     pub timeouts: Timeouts,
+    pub limits: Limits,
     pub routes: RouteTable,
 }
 
@@ -66,8 +67,17 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Request sent to response headers received; past it the client gets 504.
     pub response: Duration,
-    /// The client's TLS handshake and request head must arrive within this.
+    /// The client's TLS handshake, the bytes before its first request and each request head
+    /// must arrive within this; a request body may pause no longer than this.
     pub client_header: Duration,
+    /// A client connection with no request in flight closes after this (HTTP/1.1 keep-alive and
+    /// HTTP/2 alike).
+    pub idle: Duration,
+    /// A response the client does not read for this long is abandoned: the upstream side is
+    /// freed and the client's connection closes.
+    pub client_send: Duration,
+    /// A WebSocket tunnel with no traffic either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -76,6 +86,33 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             response: Duration::from_secs(60),
             client_header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            client_send: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[limits]`: what one client may take of the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once from one IPv4 address or one IPv6 /64.
+    pub max_connections_per_ip: usize,
+    /// Concurrent HTTP/2 streams on one client connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_streams: u32,
+    /// Requests one client connection may have at the upstreams at once; more wait for a turn.
+    pub upstream_per_connection: usize,
+    /// Slowest request body upload accepted, in bytes per second, averaged over `client_header`.
+    pub min_upload_rate: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_ip: 256,
+            h2_max_streams: 100,
+            upstream_per_connection: 32,
+            min_upload_rate: 1024,
         }
     }
 }
@@ -174,12 +211,14 @@ impl Loader<'_> {
         let server = self.server(file.server);
         let upstream_tls = self.upstream_tls(file.upstream_tls);
         let timeouts = self.timeouts(&file.timeouts);
+        let limits = self.limits(&file.limits);
         let routes = self.routes(file.routes);
         Some(Config {
             path: self.path.to_path_buf(),
             server: server?,
             upstream_tls: upstream_tls?,
             timeouts,
+            limits,
             routes: routes?,
         })
     }
@@ -197,18 +236,12 @@ impl Loader<'_> {
             "server.shutdown_grace",
             DEFAULT_SHUTDOWN_GRACE,
         );
-        let max_connections = match &table.max_connections {
-            None => Some(DEFAULT_MAX_CONNECTIONS),
-            Some(value) => {
-                let parsed = usize::try_from(*value.get_ref())
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| {
-                        format!("{} is not a number from 1 to 1000000", value.get_ref())
-                    });
-                self.check(value, "server.max_connections", parsed)
-            }
-        };
+        let max_connections = self.count(
+            table.max_connections.as_ref(),
+            "server.max_connections",
+            1..=1_000_000,
+            DEFAULT_MAX_CONNECTIONS as u64,
+        );
         let cert = self.resolve(table.cert.get_ref());
         let key = self.resolve(table.key.get_ref());
         let chain = tls::load_certs(&cert);
@@ -254,7 +287,7 @@ impl Loader<'_> {
             chain: chain?,
             tls: tls?,
             shutdown_grace,
-            max_connections: max_connections?,
+            max_connections: max_connections? as usize,
         })
     }
 
@@ -314,7 +347,77 @@ impl Loader<'_> {
                 "timeouts.client_header",
                 default.client_header,
             ),
+            idle: self.duration(table.idle.as_ref(), "timeouts.idle", default.idle),
+            client_send: self.duration(
+                table.client_send.as_ref(),
+                "timeouts.client_send",
+                default.client_send,
+            ),
+            tunnel_idle: self.duration(
+                table.tunnel_idle.as_ref(),
+                "timeouts.tunnel_idle",
+                default.tunnel_idle,
+            ),
         }
+    }
+
+    fn limits(&mut self, table: &file::LimitsTable) -> Limits {
+        let default = Limits::default();
+        let mut count = |value: &Option<Spanned<i64>>, key: &str, range, default: u64| {
+            self.count(value.as_ref(), key, range, default)
+                .unwrap_or(default)
+        };
+        Limits {
+            max_connections_per_ip: count(
+                &table.max_connections_per_ip,
+                "limits.max_connections_per_ip",
+                1..=1_000_000,
+                default.max_connections_per_ip as u64,
+            ) as usize,
+            h2_max_streams: count(
+                &table.h2_max_streams,
+                "limits.h2_max_streams",
+                1..=1000,
+                u64::from(default.h2_max_streams),
+            ) as u32,
+            upstream_per_connection: count(
+                &table.upstream_per_connection,
+                "limits.upstream_per_connection",
+                1..=1000,
+                default.upstream_per_connection as u64,
+            ) as usize,
+            min_upload_rate: count(
+                &table.min_upload_rate,
+                "limits.min_upload_rate",
+                1..=1 << 30,
+                default.min_upload_rate,
+            ),
+        }
+    }
+
+    /// A whole number within `range`, or `default` when the key is absent.
+    fn count(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+        default: u64,
+    ) -> Option<u64> {
+        let Some(value) = value else {
+            return Some(default);
+        };
+        let parsed = u64::try_from(*value.get_ref())
+            .ok()
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| {
+                format!(
+                    "{} is not a number from {} to {}",
+                    value.get_ref(),
+                    range.start(),
+                    range.end()
+                )
+            });
+        self.check(value, key, parsed)
     }
 
     fn routes(&mut self, entries: Vec<file::RouteEntry>) -> Option<RouteTable> {
@@ -564,13 +667,29 @@ impl fmt::Display for Summary<'_> {
             )?;
         }
         let t = config.timeouts;
+        let d = humantime::format_duration;
+        writeln!(
+            f,
+            "timeouts: connect {}, response {}, client header {}, idle {}, client send {}, \
+             tunnel idle {}; shutdown grace {}",
+            d(t.connect),
+            d(t.response),
+            d(t.client_header),
+            d(t.idle),
+            d(t.client_send),
+            d(t.tunnel_idle),
+            d(config.server.shutdown_grace)
+        )?;
+        let l = config.limits;
         write!(
             f,
-            "timeouts: connect {}, response {}, client header {}; shutdown grace {}",
-            humantime::format_duration(t.connect),
-            humantime::format_duration(t.response),
-            humantime::format_duration(t.client_header),
-            humantime::format_duration(config.server.shutdown_grace)
+            "limits: {} connections ({} per IP), {} HTTP/2 streams and {} upstream requests per \
+             connection, uploads at least {} bytes/s",
+            config.server.max_connections,
+            l.max_connections_per_ip,
+            l.h2_max_streams,
+            l.upstream_per_connection,
+            l.min_upload_rate
         )
     }
 }

@@ -1,47 +1,70 @@
-//! The client's request body on its way upstream, with two jobs besides streaming it:
+//! Bodies on their way through the proxy.
+//!
+//! [`UpstreamBody`], the client's request body sent upstream, has two jobs besides streaming it:
 //! - say when it has been sent in full, so the response timeout measures the upstream's answer,
 //!   not the client's upload (a 10-minute upload is fine; a 10-minute wait for headers is not);
-//! - give up on a client that stops sending mid-body for longer than `client_header`, so a
-//!   stalled upload cannot hold an upstream connection forever.
+//! - give up on a client that uploads too slowly ([`UploadPace`]), so a stalled or trickled upload
+//!   cannot hold an upstream connection forever.
+//!
+//! [`Streamed`], the upstream's response body sent to the client, holds the client connection's
+//! turn at the upstreams until it ends.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, Sleep};
 
-/// The client sent no body data for too long.
+/// How slowly a client may upload. The deadline works like a bucket of time: it starts
+/// `stall` ahead, each byte received moves it `1 / min_rate` s further, but never more than
+/// `stall` ahead of now. A client that stops gets `stall` at most; one that trickles below
+/// `min_rate` runs out of credit a little later.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadPace {
+    pub stall: Duration,
+    /// Bytes per second.
+    pub min_rate: u64,
+}
+
+/// The client sent its request body too slowly.
 #[derive(Debug, thiserror::Error)]
-#[error("no request body data arrived for {}", humantime::format_duration(*.0))]
-pub struct BodyStalled(pub Duration);
+pub enum BodyStalled {
+    #[error("no request body data arrived for {}", humantime::format_duration(*.0))]
+    Stopped(Duration),
+    #[error("the request body arrived slower than {0} bytes/s ([limits] min_upload_rate)")]
+    TooSlow(u64),
+}
 
 /// The request body as sent upstream.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    idle: Duration,
-    /// Armed while the upstream waits for the next frame; created the first time it has to
-    /// wait, so bodies that never keep it waiting (an empty GET, most small posts) cost no timer.
-    stall: Option<Pin<Box<Sleep>>>,
-    /// Data arrived since the timer was last armed: re-arm it at the next wait.
-    rearm: bool,
+    pace: UploadPace,
+    /// The upload deadline; created the first time the upstream has to wait, so bodies that
+    /// never keep it waiting (an empty GET, most small posts) cost no timer.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes received since the deadline was last moved.
+    credit: u64,
+    /// Bytes received while a deadline was set: decides between "stopped" and "too slow".
+    received: u64,
     /// Fired once the body has been sent in full (or dropped by the client library).
     sent: Option<oneshot::Sender<()>>,
 }
 
 impl UpstreamBody {
     /// Wraps `inner`; the receiver completes once the body has been sent.
-    pub fn new(inner: Incoming, idle: Duration) -> (Self, oneshot::Receiver<()>) {
+    pub fn new(inner: Incoming, pace: UploadPace) -> (Self, oneshot::Receiver<()>) {
         let (sent, sent_rx) = oneshot::channel();
         let mut body = Self {
-            stall: None,
-            rearm: false,
             inner,
-            idle,
+            pace,
+            deadline: None,
+            credit: 0,
+            received: 0,
             sent: Some(sent),
         };
         // An empty body (a GET) may never be polled: it counts as sent right away.
@@ -56,6 +79,17 @@ impl UpstreamBody {
             let _ = sent.send(());
         }
     }
+
+    /// Moves the deadline by the credit earned, capped at `stall` from now.
+    fn advance(&mut self, deadline: &mut Pin<Box<Sleep>>) {
+        if self.credit == 0 {
+            return;
+        }
+        let earned = Duration::from_secs_f64(self.credit as f64 / self.pace.min_rate.max(1) as f64);
+        self.credit = 0;
+        let moved = (deadline.deadline() + earned).min(Instant::now() + self.pace.stall);
+        deadline.as_mut().reset(moved);
+    }
 }
 
 impl Body for UpstreamBody {
@@ -69,8 +103,11 @@ impl Body for UpstreamBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                // Data arrived: the client's idle clock starts again at the next wait.
-                this.rearm = true;
+                let size = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                this.credit += size;
+                if this.deadline.is_some() {
+                    this.received += size;
+                }
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
@@ -82,25 +119,67 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = this.idle;
-                let deadline = Instant::now() + idle;
-                let stall = match &mut this.stall {
-                    Some(stall) => {
-                        if std::mem::take(&mut this.rearm) {
-                            stall.as_mut().reset(deadline);
-                        }
-                        stall
+                let mut deadline = match this.deadline.take() {
+                    Some(deadline) => deadline,
+                    None => {
+                        this.credit = 0;
+                        Box::pin(tokio::time::sleep(this.pace.stall))
                     }
-                    None => this
-                        .stall
-                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
                 };
-                match stall.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(idle).into()))),
-                    Poll::Pending => Poll::Pending,
+                this.advance(&mut deadline);
+                let expired = deadline.as_mut().poll(cx).is_ready();
+                this.deadline = Some(deadline);
+                if expired {
+                    let why = if this.received == 0 {
+                        BodyStalled::Stopped(this.pace.stall)
+                    } else {
+                        BodyStalled::TooSlow(this.pace.min_rate)
+                    };
+                    Poll::Ready(Some(Err(why.into())))
+                } else {
+                    Poll::Pending
                 }
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The upstream's response body, holding the client connection's turn at the upstreams (see
+/// [`crate::server::ConnectionInfo::upstream_turn`]) until it ends or is dropped.
+#[derive(Debug)]
+pub struct Streamed {
+    inner: Incoming,
+    turn: Option<OwnedSemaphorePermit>,
+}
+
+impl Streamed {
+    pub fn new(inner: Incoming, turn: Option<OwnedSemaphorePermit>) -> Self {
+        Self { inner, turn }
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.inner.is_end_stream() {
+            // The upstream connection is free again: so is the turn.
+            self.turn = None;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -9,6 +9,7 @@ use http::StatusCode;
 use rustls::CertificateError;
 use rustls::pki_types::UnixTime;
 
+use crate::server::admission::is_resource_exhaustion;
 use crate::upstream::{ConnectTimeout, TcpConnectError};
 
 /// A request that did not get an upstream response.
@@ -36,6 +37,17 @@ pub enum ProxyError {
         humantime::format_duration(*.0)
     )]
     Timeout(Duration),
+    /// The client connection already has `[limits] upstream_per_connection` requests at the
+    /// upstreams, and none finished in time.
+    #[error(
+        "this connection's other requests held every upstream turn ([limits] \
+         upstream_per_connection) for {}",
+        humantime::format_duration(*.0)
+    )]
+    Busy(Duration),
+    /// The proxy itself is out of descriptors, buffers or memory: not the upstream's fault.
+    #[error("the proxy is out of resources: {}", describe(.0))]
+    OutOfResources(hyper_util::client::legacy::Error),
 }
 
 impl ProxyError {
@@ -49,17 +61,24 @@ impl ProxyError {
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Busy(_) | Self::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// Sorts a failed exchange: the client's body failing is the client's doing (400, logged at
-    /// info), anything else is the upstream's (502).
+    /// info), the proxy running out of descriptors is its own (503), anything else is the
+    /// upstream's (502).
     pub fn exchange(err: hyper_util::client::legacy::Error) -> Self {
         let mut client_side = false;
         let mut source = StdError::source(&err);
         while let Some(e) = source {
             if e.is::<super::body::BodyStalled>() {
                 return Self::ClientStalled(err);
+            }
+            if e.downcast_ref::<TcpConnectError>()
+                .is_some_and(|connect| is_resource_exhaustion(&connect.source))
+            {
+                return Self::OutOfResources(err);
             }
             client_side |= e
                 .downcast_ref::<hyper::Error>()

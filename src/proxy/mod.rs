@@ -17,7 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use self::body::UpstreamBody;
+use self::body::{Streamed, UploadPace, UpstreamBody};
 pub use self::error::ProxyError;
 use self::headers::Forwarding;
 use crate::config::Config;
@@ -26,15 +26,16 @@ use crate::server::ConnectionInfo;
 use crate::upstream::Upstreams;
 
 /// A response body: the upstream's, streamed, or a short one of our own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 
 /// Everything the request path needs, immutable after load and shared by all connections.
 pub struct Proxy {
     routes: RouteTable,
     upstreams: Upstreams,
     response_timeout: Duration,
-    /// How long a request body may stall between frames.
-    body_idle: Duration,
+    /// How slowly a request body may arrive.
+    upload_pace: UploadPace,
+    tunnel_idle: Duration,
 }
 
 impl Proxy {
@@ -43,7 +44,11 @@ impl Proxy {
             routes: config.routes.clone(),
             upstreams: Upstreams::new(config),
             response_timeout: config.timeouts.response,
-            body_idle: config.timeouts.client_header,
+            upload_pace: UploadPace {
+                stall: config.timeouts.client_header,
+                min_rate: config.limits.min_upload_rate,
+            },
+            tunnel_idle: config.timeouts.tunnel_idle,
         }
     }
 
@@ -120,7 +125,7 @@ impl Proxy {
             .map_err(|_| ProxyError::UriTooLong)?;
         // The pooled client picks HTTP/2 per connection when the upstream negotiates it.
         parts.version = Version::HTTP_11;
-        let (body, sent) = UpstreamBody::new(body, self.body_idle);
+        let (body, sent) = UpstreamBody::new(body, self.upload_pace);
         let request = Request::from_parts(parts, body);
 
         // HTTP/2 carries the host in :authority, which must stay the service name the
@@ -131,6 +136,11 @@ impl Proxy {
         } else {
             &self.upstreams.client
         };
+        // One client connection has at most `upstream_per_connection` requests at the upstreams;
+        // the turn is held until the response body has been sent.
+        let turn = tokio::time::timeout(self.response_timeout, conn.upstream_turn())
+            .await
+            .map_err(|_| ProxyError::Busy(self.response_timeout))?;
         // The response timeout runs from the moment the request body has been sent in full, so
         // a long upload is not mistaken for a slow upstream.
         let answered = async {
@@ -143,24 +153,33 @@ impl Proxy {
         };
 
         let mut kept_upgrade = None;
+        let mut turn = Some(turn);
         if let Some(client_upgrade) = client_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(turn) = turn.take()
         {
             kept_upgrade = response.headers().get(header::UPGRADE).cloned();
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             upgrade::tunnel(
                 client_upgrade,
                 upstream_upgrade,
-                conn.hold_for_tunnel(),
-                route.prefix.to_string(),
-                peer,
+                upgrade::Tunnel {
+                    guard: conn.hold_for_tunnel(),
+                    turn,
+                    idle: self.tunnel_idle,
+                    route: route.prefix.to_string(),
+                    peer,
+                },
             );
         }
         let (mut parts, body) = response.into_parts();
         let public_host = client_host.as_ref().and_then(|h| h.to_str().ok());
         headers::prepare_response(&mut parts.headers, route, public_host, kept_upgrade);
         parts.version = Version::HTTP_11;
-        Ok(Response::from_parts(parts, Either::Left(body)))
+        Ok(Response::from_parts(
+            parts,
+            Either::Left(Streamed::new(body, turn)),
+        ))
     }
 }
 

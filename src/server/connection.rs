@@ -1,0 +1,458 @@
+//! One client connection's life after the TLS handshake: what a handler knows about it, and the
+//! watchdog that closes it when the client stops doing its part.
+//!
+//! hyper bounds neither the bytes before the first request (its protocol sniffing has no timer)
+//! nor an HTTP/2 connection without streams, and its HTTP/1.1 header timer also runs while a
+//! keep-alive connection is idle. So the watchdog ([`supervise`]) owns every connection-level
+//! clock, from three signals:
+//! - [`Watched`] sees every byte read from the client;
+//! - [`InFlight`] counts requests from the handler's start to the end of the response body;
+//! - [`Tracked`] response bodies record since when each waits for the client to take more.
+//!
+//! The rules, checked in this order:
+//! - a response the client has not taken data from for `client_send` is abandoned: its body
+//!   (with the upstream connection behind it) is dropped at once, and a connection whose every
+//!   in-flight request is abandoned closes;
+//! - the TLS handshake, the bytes before the first request and every HTTP/1.1 request head must
+//!   arrive within `client_header` of their first byte (HTTP/2: of the connection's start);
+//! - a connection with no request in flight closes gracefully after `idle`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use super::admission::Admission;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the handler knows about the connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    /// The SNI the client sent, if any.
+    pub sni: Option<String>,
+    /// Turns at the upstreams: one per request this connection has there at once.
+    upstream_turns: Arc<Semaphore>,
+    /// Taken by a tunnel that outlives hyper's connection.
+    hold: Mutex<Option<TunnelGuard>>,
+}
+
+/// Held by an upgraded tunnel, which hyper no longer tracks once it has handed the socket over:
+/// it keeps the connection's admission (the `max_connections` permit and the per-IP count) and
+/// keeps a graceful shutdown waiting (up to its grace period).
+#[derive(Debug)]
+pub struct TunnelGuard {
+    _admission: Arc<Admission>,
+    _drain: watch::Receiver<bool>,
+}
+
+impl ConnectionInfo {
+    pub(super) fn new(
+        peer: SocketAddr,
+        sni: Option<String>,
+        upstream_turns: usize,
+        admission: Arc<Admission>,
+        drain: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            peer,
+            sni,
+            upstream_turns: Arc::new(Semaphore::new(upstream_turns)),
+            hold: Mutex::new(Some(TunnelGuard {
+                _admission: admission,
+                _drain: drain,
+            })),
+        }
+    }
+
+    /// The guard for a tunnel taking over this connection; `None` when already taken.
+    pub fn hold_for_tunnel(&self) -> Option<TunnelGuard> {
+        self.hold.lock().ok()?.take()
+    }
+
+    /// Waits for a turn at the upstreams (`[limits] upstream_per_connection`); the permit is held
+    /// until the response body has been sent or dropped.
+    pub async fn upstream_turn(&self) -> OwnedSemaphorePermit {
+        self.upstream_turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+}
+
+/// The connection-level clocks the watchdog enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Clocks {
+    pub client_header: Duration,
+    pub idle: Duration,
+    pub client_send: Duration,
+}
+
+/// Why the watchdog ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No request in flight for `idle`: close gracefully (HTTP/2 GOAWAY).
+    Idle,
+    /// The first request or a request head did not arrive within `client_header`.
+    SlowHead,
+    /// Every in-flight response waited for the client to read for `client_send`.
+    NotReading,
+}
+
+/// The shared state of one connection; times are milliseconds since `start`.
+pub struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    abandoned: AtomicUsize,
+    idle_since: AtomicU64,
+    /// When the first byte of the next HTTP/1.1 request head arrived, plus one (0: none yet).
+    head_started: AtomicU64,
+    bytes_read: AtomicU64,
+    /// HTTP/2 (by ALPN or by its preface): streams, not heads, mark activity.
+    h2: AtomicBool,
+    /// Responses whose bodies are being sent.
+    sending: Mutex<Vec<Weak<dyn Sending>>>,
+    changed: Notify,
+}
+
+impl Activity {
+    /// A connection accepted at `start`. The handshake and everything up to the first request
+    /// count as the first head.
+    pub fn new(start: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            start,
+            in_flight: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(1),
+            bytes_read: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            sending: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        })
+    }
+
+    /// The client chose HTTP/2 by ALPN.
+    pub fn speaks_h2(&self) {
+        self.h2.store(true, Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn on_read(&self, data: &[u8]) {
+        let before = self.bytes_read.fetch_add(data.len() as u64, Relaxed);
+        if before == 0 && data.starts_with(b"PRI * HTTP/2.0") {
+            self.h2.store(true, Relaxed);
+        }
+        if self.h2.load(Relaxed) {
+            // The preface is in: from now on only streams count, and idleness starts.
+            if before < 24 && before + data.len() as u64 >= 24 {
+                self.idle_since.store(self.now(), Relaxed);
+                self.head_started.store(0, Relaxed);
+                self.changed.notify_one();
+            }
+        } else if self.in_flight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+            self.head_started.store(self.now() + 1, Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request reached the handler; the guard ends it when dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.head_started.store(0, Relaxed);
+        InFlight(self.clone())
+    }
+
+    fn register(&self, sending: Weak<dyn Sending>) {
+        let mut list = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        if list.len() >= 32 {
+            list.retain(|s| s.strong_count() > 0);
+        }
+        list.push(sending);
+    }
+
+    /// Abandons responses that waited on the client for `client_send`; returns the next time to
+    /// look (in ms) while requests are in flight.
+    fn abandon_stalled(&self, now: u64, client_send: u64) -> u64 {
+        let mut next = now + (client_send / 2).max(1);
+        let mut list = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|weak| {
+            let Some(sending) = weak.upgrade() else {
+                return false;
+            };
+            let since = sending.waiting_since();
+            if since == 0 {
+                return true;
+            }
+            let deadline = since - 1 + client_send;
+            if deadline <= now {
+                if sending.abandon() {
+                    self.abandoned.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        waited = %humantime::format_duration(Duration::from_millis(client_send)),
+                        "the client stopped reading a response ([timeouts] client_send); \
+                         abandoning it and its upstream exchange"
+                    );
+                }
+                false
+            } else {
+                next = next.min(deadline);
+                true
+            }
+        });
+        next
+    }
+}
+
+/// Counts one request as in flight until dropped (with the response body, or with the handler's
+/// future when the client resets the stream first).
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.in_flight.fetch_sub(1, Relaxed) == 1 {
+            activity.idle_since.store(activity.now(), Relaxed);
+            activity.changed.notify_one();
+        }
+    }
+}
+
+/// Watches the connection until one of its rules ends it; never returns while it may go on.
+pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
+    let ms = |d: Duration| d.as_millis() as u64;
+    loop {
+        let now = activity.now();
+        let in_flight = activity.in_flight.load(Relaxed);
+        let (deadline, verdict) = if in_flight > 0 {
+            let next = activity.abandon_stalled(now, ms(clocks.client_send));
+            if activity.abandoned.load(Relaxed) >= in_flight {
+                return Verdict::NotReading;
+            }
+            (next, None)
+        } else {
+            match activity.head_started.load(Relaxed) {
+                0 => (
+                    activity.idle_since.load(Relaxed) + ms(clocks.idle),
+                    Some(Verdict::Idle),
+                ),
+                started => (
+                    started - 1 + ms(clocks.client_header),
+                    Some(Verdict::SlowHead),
+                ),
+            }
+        };
+        if deadline <= now
+            && let Some(verdict) = verdict
+        {
+            return verdict;
+        }
+        let wake = activity.start + Duration::from_millis(deadline.max(now + 1));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            () = activity.changed.notified() => {}
+        }
+    }
+}
+
+/// The client's stream, reporting every byte read to the connection's [`Activity`].
+pub struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Watched<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.on_read(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body being sent, as the watchdog sees it.
+trait Sending: Send + Sync {
+    /// Since when (ms + 1) it waits for the client to take data; 0 while it is not waiting.
+    fn waiting_since(&self) -> u64;
+    /// Drops the body (and the upstream exchange behind it); false if already abandoned.
+    fn abandon(&self) -> bool;
+}
+
+struct Shared<B> {
+    body: Mutex<Option<B>>,
+    waiting_since: AtomicU64,
+}
+
+impl<B: Send> Sending for Shared<B> {
+    fn waiting_since(&self) -> u64 {
+        self.waiting_since.load(Relaxed)
+    }
+
+    fn abandon(&self) -> bool {
+        let body = self.body.lock().unwrap_or_else(|e| e.into_inner()).take();
+        body.is_some()
+    }
+}
+
+/// The response was abandoned because the client stopped reading it.
+#[derive(Debug, thiserror::Error)]
+#[error("the client stopped reading the response")]
+pub struct Abandoned;
+
+/// A response body on its way to the client: keeps its request in flight until it ends, and lets
+/// the watchdog see and end a response the client does not read.
+pub struct Tracked<B> {
+    /// `None` for a body that is empty from the start: there is nothing to wait for.
+    shared: Option<Arc<Shared<B>>>,
+    in_flight: InFlight,
+}
+
+impl<B> Tracked<B>
+where
+    B: Body + Send + Unpin + 'static,
+{
+    pub fn new(body: B, in_flight: InFlight) -> Self {
+        if body.is_end_stream() {
+            return Self {
+                shared: None,
+                in_flight,
+            };
+        }
+        let activity = &in_flight.0;
+        let shared = Arc::new(Shared {
+            body: Mutex::new(Some(body)),
+            // Waiting from the start: an HTTP/2 client with a zero window never lets it be polled.
+            waiting_since: AtomicU64::new(activity.now() + 1),
+        });
+        let weak: Weak<dyn Sending> = Arc::downgrade(&(shared.clone() as Arc<dyn Sending>));
+        activity.register(weak);
+        Self {
+            shared: Some(shared),
+            in_flight,
+        }
+    }
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(shared) = &this.shared else {
+            return Poll::Ready(None);
+        };
+        shared.waiting_since.store(0, Relaxed);
+        let mut body = shared.body.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(inner) = body.as_mut() else {
+            return Poll::Ready(Some(Err(Abandoned.into())));
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled
+            && !inner.is_end_stream()
+        {
+            shared
+                .waiting_since
+                .store(this.in_flight.0.now() + 1, Relaxed);
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.shared {
+            None => true,
+            Some(shared) => shared
+                .body
+                .lock()
+                .map(|b| b.as_ref().is_some_and(B::is_end_stream))
+                .unwrap_or(false),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.shared {
+            None => SizeHint::with_exact(0),
+            Some(shared) => shared
+                .body
+                .lock()
+                .ok()
+                .and_then(|b| b.as_ref().map(B::size_hint))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        let abandoned = self
+            .shared
+            .as_ref()
+            .is_some_and(|shared| shared.body.lock().map(|b| b.is_none()).unwrap_or(true));
+        if abandoned {
+            self.in_flight.0.abandoned.fetch_sub(1, Relaxed);
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! The public side: accept TCP, run the TLS handshake, serve HTTP/1.1 or HTTP/2 on each
+//! connection, and drain in-flight requests on shutdown.
+//!
+//! [`TlsServer`] is generic over the request handler so the proxy ([`Gateway`]), the echo backend
+//! and the test backends all share one accept loop with the same timeouts and shutdown behaviour.
+
+pub mod admission;
+pub mod connection;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use self::admission::{AcceptErrors, Admission, PerIp};
+use self::connection::{Activity, Clocks, Tracked, Verdict, Watched};
+pub use self::connection::{ConnectionInfo, TunnelGuard};
+use crate::config::{Config, Limits, Timeouts};
+use crate::proxy::Proxy;
+
+/// Largest request head (request line plus headers) a client may send; larger gets 431.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a client connection may take: counts, and the clocks of [`connection::supervise`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub clocks: Clocks,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub h2_max_streams: u32,
+    pub upstream_per_connection: usize,
+}
+
+impl ConnectionLimits {
+    pub fn new(timeouts: &Timeouts, limits: &Limits, max_connections: usize) -> Self {
+        Self {
+            clocks: Clocks {
+                client_header: timeouts.client_header,
+                idle: timeouts.idle,
+                client_send: timeouts.client_send,
+            },
+            max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            h2_max_streams: limits.h2_max_streams,
+            upstream_per_connection: limits.upstream_per_connection,
+        }
+    }
+}
+
+/// A TLS listener serving HTTP/1.1 and HTTP/2 (chosen by ALPN or the connection preface).
+pub struct TlsServer {
+    acceptor: TlsAcceptor,
+    http: auto::Builder<TokioExecutor>,
+    limits: ConnectionLimits,
+    shutdown_grace: Duration,
+}
+
+impl TlsServer {
+    /// A server with the default limits and timeouts, but `client_header`, which bounds the TLS
+    /// handshake, the bytes before the first request and each request head, so a client that
+    /// trickles bytes (slowloris) cannot hold a connection open.
+    pub fn new(tls: Arc<ServerConfig>, client_header: Duration, shutdown_grace: Duration) -> Self {
+        let timeouts = Timeouts {
+            client_header,
+            ..Timeouts::default()
+        };
+        let limits = ConnectionLimits::new(
+            &timeouts,
+            &Limits::default(),
+            crate::config::DEFAULT_MAX_CONNECTIONS,
+        );
+        Self::with_limits(tls, limits, shutdown_grace)
+    }
+
+    pub fn with_limits(
+        tls: Arc<ServerConfig>,
+        limits: ConnectionLimits,
+        shutdown_grace: Duration,
+    ) -> Self {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        // Head and idle clocks are the watchdog's (hyper's header timer also runs while idle).
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(MAX_REQUEST_HEAD);
+        // Pings find peers that vanished without a FIN.
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_REQUEST_HEAD as u32)
+            .max_concurrent_streams(limits.h2_max_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        Self {
+            acceptor: TlsAcceptor::from(tls),
+            http,
+            limits,
+            shutdown_grace,
+        }
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and waits up to the grace period
+    /// for open requests and tunnels. The accept loop survives accept errors (such as running
+    /// out of file descriptors): it backs off and logs at most one line per 10 s.
+    pub async fn serve<H, F, B>(
+        self,
+        listener: TcpListener,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) where
+        H: Fn(Request<Incoming>, Arc<ConnectionInfo>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let connections = Arc::new(Semaphore::new(
+            self.limits.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
+        let per_ip = PerIp::new(self.limits.max_connections_per_ip);
+        // Every connection and tunnel holds a receiver: `closed()` tells when all have ended.
+        let (draining, drain) = watch::channel(false);
+        let mut accept_errors = AcceptErrors::default();
+        tokio::pin!(shutdown);
+        loop {
+            if connections.available_permits() == 0 {
+                warn!("connection limit reached ([server] max_connections); new clients wait");
+            }
+            let permit = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                permit = connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // the semaphore is never closed
+                },
+            };
+            let (tcp, peer) = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => {
+                        accept_errors.succeeded();
+                        accepted
+                    }
+                    Err(e) => {
+                        tokio::time::sleep(accept_errors.failed(&e)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(ip_share) = per_ip.admit(peer.ip()) else {
+                debug!(%peer, "per-IP connection limit reached ([limits] max_connections_per_ip); closing");
+                continue;
+            };
+            let connection = Connection {
+                tcp,
+                accepted: Instant::now(),
+                admission: Admission::new(permit, ip_share),
+                acceptor: self.acceptor.clone(),
+                http: self.http.clone(),
+                limits: self.limits,
+                drain: drain.clone(),
+            };
+            tokio::spawn(connection.serve(handler.clone()));
+        }
+        drop(listener);
+        drop(drain);
+        info!(
+            grace = %humantime::format_duration(self.shutdown_grace),
+            "stopped accepting; waiting for in-flight requests"
+        );
+        let _ = draining.send(true);
+        tokio::select! {
+            () = draining.closed() => info!("all connections closed"),
+            () = tokio::time::sleep(self.shutdown_grace) => {
+                warn!("shutdown grace period elapsed; closing the remaining connections");
+            }
+        }
+    }
+}
+
+/// One accepted client connection, before its TLS handshake.
+struct Connection {
+    tcp: TcpStream,
+    accepted: Instant,
+    admission: Arc<Admission>,
+    acceptor: TlsAcceptor,
+    http: auto::Builder<TokioExecutor>,
+    limits: ConnectionLimits,
+    drain: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn serve<H, F, B>(self, handler: H)
+    where
+        H: Fn(Request<Incoming>, Arc<ConnectionInfo>) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Self {
+            tcp,
+            accepted,
+            admission,
+            acceptor,
+            http,
+            limits,
+            mut drain,
+        } = self;
+        let peer = match tcp.peer_addr() {
+            Ok(peer) => peer,
+            Err(_) => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let clocks = limits.clocks;
+        let activity = Activity::new(accepted);
+        let tls = match tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out ([timeouts] client_header)");
+                return;
+            }
+        };
+        let session = tls.get_ref().1;
+        if session.alpn_protocol() == Some(b"h2") {
+            activity.speaks_h2();
+        }
+        let info = Arc::new(ConnectionInfo::new(
+            peer,
+            session.server_name().map(str::to_owned),
+            limits.upstream_per_connection,
+            admission,
+            drain.clone(),
+        ));
+        let tracker = activity.clone();
+        let service = service_fn(move |req| {
+            let in_flight = tracker.begin();
+            let response = handler(req, info.clone());
+            async move {
+                let response = response.await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
+        });
+        let io = TokioIo::new(Watched::new(tls, activity.clone()));
+        let connection = http.serve_connection_with_upgrades(io, service);
+        tokio::pin!(connection);
+        // Set once the connection has been asked to close: graceful until this deadline.
+        let mut closing: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    return;
+                }
+                verdict = connection::supervise(&activity, clocks), if closing.is_none() => {
+                    match verdict {
+                        Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
+                        Verdict::SlowHead => {
+                            debug!(%peer, "no complete request head within [timeouts] client_header; closing");
+                            return;
+                        }
+                        Verdict::NotReading => {
+                            info!(%peer, "the client stopped reading its responses ([timeouts] client_send); closing");
+                            return;
+                        }
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    closing = Some(tokio::time::Instant::now() + clocks.client_header);
+                }
+                _ = drain.wait_for(|draining| *draining), if closing.is_none() => {
+                    connection.as_mut().graceful_shutdown();
+                    // Bounded by the server's shutdown grace, not here.
+                    closing = Some(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+                }
+                () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The proxy, ready to serve: the public TLS listener in front of [`Proxy`].
+pub struct Gateway {
+    server: TlsServer,
+    proxy: Arc<Proxy>,
+}
+
+impl Gateway {
+    /// Builds the listener and the proxy. Raises the soft descriptor limit to the hard one, and
+    /// serves fewer than `max_connections` clients at once when the descriptors cannot carry them.
+    pub fn new(config: &Config) -> Self {
+        let mut max_connections = config.server.max_connections;
+        if let Some(budget) = admission::descriptor_budget()
+            && budget < max_connections
+        {
+            warn!(
+                max_connections,
+                serving = budget,
+                "the file descriptor limit cannot carry [server] max_connections (each client \
+                 needs two descriptors: its own and an upstream connection); raise the hard limit \
+                 (ulimit -n, docker --ulimit nofile=) to serve more"
+            );
+            max_connections = budget;
+        }
+        let limits = ConnectionLimits::new(&config.timeouts, &config.limits, max_connections);
+        Self {
+            server: TlsServer::with_limits(
+                config.server.tls.clone(),
+                limits,
+                config.server.shutdown_grace,
+            ),
+            proxy: Arc::new(Proxy::new(config)),
+        }
+    }
+
+    /// Serves on `listener` (bound by the caller, so tests can use an ephemeral port) until
+    /// `shutdown` completes; then drains as [`TlsServer::serve`] describes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let proxy = self.proxy;
+        let handler = move |req, info: Arc<ConnectionInfo>| {
+            let proxy = proxy.clone();
+            async move { proxy.handle(req, &info).await }
+        };
+        self.server.serve(listener, handler, shutdown).await;
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("received SIGINT"),
+        () = terminate => info!("received SIGTERM"),
+    }
+}
