@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use http::{Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
 const H1: &[&[u8]] = &[b"http/1.1"];
@@ -194,85 +192,6 @@ async fn http2_clients_are_served() {
         format!("localhost:{}", proxy.addr.port()).as_str()
     );
     assert_eq!(seen.uri.path(), "/h2");
-}
-
-/// A backend that accepts a WebSocket upgrade and echoes every read with an `echo:` prefix.
-async fn websocket_backend(pki: &TestPki) -> Backend {
-    Backend::custom(&pki.leaf(&["backend-ws"]), H2_H1, |mut req, _| async move {
-        let wants_ws = req
-            .headers()
-            .get("upgrade")
-            .is_some_and(|v| v == "websocket");
-        if !wants_ws {
-            return Response::builder()
-                .status(StatusCode::BAD_REQUEST)
-                .body(empty())
-                .unwrap();
-        }
-        let upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(upgrade.await.expect("upgrade"));
-            let mut buf = [0u8; 1024];
-            loop {
-                let n = match io.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let mut reply = b"echo:".to_vec();
-                reply.extend_from_slice(&buf[..n]);
-                if io.write_all(&reply).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-            .body(empty())
-            .unwrap()
-    })
-    .await
-}
-
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
-/// Opens a WebSocket through the proxy; returns the socket and the 101 head, lowercased.
-async fn open_websocket(pki: &TestPki, proxy: &Proxy) -> (Tls, String) {
-    let mut tls = raw_tls(pki, proxy.addr).await;
-    tls.write_all(
-        b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "connection closed before the 101 head ended: {}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    (tls, String::from_utf8_lossy(&head).to_ascii_lowercase())
-}
-
-async fn assert_echo(tls: &mut Tls, message: &str) {
-    tls.write_all(message.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 5 + message.len()];
-    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&buf), format!("echo:{message}"));
 }
 
 #[tokio::test]

@@ -374,15 +374,21 @@ impl Proxy {
     /// Starts the proxy with `[server]`/`[upstream_tls]` from `pki` and `rest` (routes,
     /// timeouts) appended verbatim.
     pub async fn start(pki: &TestPki, rest: &str) -> Self {
-        logs(); // capture from the first line on
-        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let config_path = pki.path(&format!("trustgate-{n}.toml"));
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
              shutdown_grace = \"5s\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{rest}"
         );
-        write(&config_path, &text);
+        Self::start_with(pki, &text).await
+    }
+
+    /// Starts the proxy with the whole config `text` (its `listen` is replaced by an ephemeral
+    /// port).
+    pub async fn start_with(pki: &TestPki, text: &str) -> Self {
+        logs(); // capture from the first line on
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let config_path = pki.path(&format!("trustgate-{n}.toml"));
+        write(&config_path, text);
         let config = Config::load(&config_path).unwrap_or_else(|e| panic!("config:\n{e}"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -587,4 +593,90 @@ impl Logs {
         .await;
         find().expect("found above")
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket
+
+/// A backend that accepts a WebSocket upgrade and echoes every read with an `echo:` prefix.
+pub async fn websocket_backend(pki: &TestPki) -> Backend {
+    Backend::custom(
+        &pki.leaf(&["backend-ws"]),
+        &[b"h2", b"http/1.1"],
+        |mut req, _| async move {
+            let wants_ws = req
+                .headers()
+                .get("upgrade")
+                .is_some_and(|v| v == "websocket");
+            if !wants_ws {
+                return Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .body(empty())
+                    .unwrap();
+            }
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upgrade"));
+                let mut buf = [0u8; 1024];
+                loop {
+                    let n = match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut reply = b"echo:".to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    if io.write_all(&reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                .body(empty())
+                .unwrap()
+        },
+    )
+    .await
+}
+
+pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Opens a WebSocket through the proxy; returns the socket and the 101 head, lowercased.
+pub async fn open_websocket(pki: &TestPki, proxy: &Proxy) -> (Tls, String) {
+    let mut tls = raw_tls(pki, proxy.addr).await;
+    tls.write_all(
+        b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed before the 101 head ended: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    (tls, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
+pub async fn assert_echo(tls: &mut Tls, message: &str) {
+    tls.write_all(message.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 5 + message.len()];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf), format!("echo:{message}"));
 }

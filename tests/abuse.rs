@@ -1,0 +1,533 @@
+//! Attacks from the outside, each with bounded counts on real sockets: the proxy must stay within
+//! its limits, free what the attacker held, and serve an ordinary client during and after.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body as HttpBody, Frame};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const H1: &[&[u8]] = &[b"http/1.1"];
+
+/// A raw TLS connection to the proxy from `source` (any 127.0.0.0/8 address), offering `alpn`.
+async fn tls_from(
+    pki: &TestPki,
+    proxy: SocketAddr,
+    source: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<Tls> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source.parse::<IpAddr>().unwrap(), 0))?;
+    let tcp = socket.connect(proxy).await?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(pki.client_tls(alpn)));
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake not served within 2s"))?
+}
+
+/// An ordinary client, from its own address so per-IP limits on the attacker do not apply to it,
+/// gets its answer.
+async fn ordinary_client_is_served(pki: &TestPki, proxy: &Proxy) {
+    let mut tls = tls_from(pki, proxy.addr, "127.0.0.200", H1)
+        .await
+        .expect("an ordinary client connects");
+    tls.write_all(b"GET /api/ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_close(&mut tls, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A response body of `chunks` x 16 KiB, produced as fast as it is read; counts how many are
+/// alive, so a test sees when the proxy lets go of the upstream exchange.
+struct Counted {
+    left: usize,
+    alive: Arc<AtomicUsize>,
+}
+
+impl Counted {
+    fn new(chunks: usize, alive: &Arc<AtomicUsize>) -> Self {
+        alive.fetch_add(1, SeqCst);
+        Self {
+            left: chunks,
+            alive: alive.clone(),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, SeqCst);
+    }
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 16 * 1024])))))
+    }
+}
+
+/// A backend whose `/big` answers are `chunks` x 16 KiB; every other path answers "ok".
+/// Returns it with the count of big bodies alive and the most ever alive at once.
+async fn big_backend(
+    pki: &TestPki,
+    chunks: usize,
+) -> (Backend, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let alive = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (a, m) = (alive.clone(), most.clone());
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, move |req, _| {
+        let (alive, most) = (a.clone(), m.clone());
+        async move {
+            if req.uri().path() != "/big" {
+                return Response::new(full("ok"));
+            }
+            let body = Counted::new(chunks, &alive);
+            most.fetch_max(alive.load(SeqCst), SeqCst);
+            Response::new(http_body_util::BodyExt::boxed(body))
+        }
+    })
+    .await;
+    (backend, alive, most)
+}
+
+async fn proxy_to(pki: &TestPki, backend: &Backend, settings: &str) -> Proxy {
+    Proxy::start(
+        pki,
+        &format!("{settings}\n{}", route_to("/api", "backend-api", backend)),
+    )
+    .await
+}
+
+/// Waits until the proxy has closed `stream` (EOF or error); returns how long that took.
+async fn closed_within(stream: &mut (impl AsyncReadExt + Unpin), limit: Duration) -> Duration {
+    let started = Instant::now();
+    let _ = read_until_close(stream, limit).await;
+    let took = started.elapsed();
+    assert!(
+        took < limit,
+        "the proxy kept the connection open for {limit:?}"
+    );
+    took
+}
+
+#[tokio::test]
+async fn idle_tls_connections_and_partial_prefaces_are_closed_after_client_header() {
+    let pki = TestPki::new();
+    let (backend, _, _) = big_backend(&pki, 1).await;
+    let proxy = proxy_to(&pki, &backend, "[timeouts]\nclient_header = \"400ms\"\n").await;
+
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.unwrap());
+    }
+    let mut prefaces = Vec::new();
+    for _ in 0..10 {
+        let mut tls = tls_from(&pki, proxy.addr, "127.0.0.1", &[b"h2"])
+            .await
+            .unwrap();
+        tls.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap(); // 16 of the 24 bytes
+        prefaces.push(tls);
+    }
+    // A head that trickles in never completes either.
+    let mut trickle = tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.unwrap();
+    ordinary_client_is_served(&pki, &proxy).await;
+
+    for byte in b"GET /api/ok HTTP/1.1\r\n" {
+        if trickle.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for tls in idle.iter_mut().chain(&mut prefaces).chain([&mut trickle]) {
+        closed_within(tls, Duration::from_secs(3)).await;
+    }
+    ordinary_client_is_served(&pki, &proxy).await;
+}
+
+/// An HTTP/2 client (the `h2` crate) on a fresh TLS connection with ALPN h2, offering `window`
+/// as its streams' initial window. The connection runs in a task; the watch reports the most
+/// streams the proxy allows at once (its SETTINGS_MAX_CONCURRENT_STREAMS).
+async fn h2_client(
+    pki: &TestPki,
+    proxy: SocketAddr,
+    window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    let tls = tls_from(pki, proxy, "127.0.0.1", &[b"h2"]).await.unwrap();
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tls)
+        .await
+        .unwrap();
+    let (streams, watch) = tokio::sync::watch::channel(0);
+    let task = tokio::spawn(async move {
+        tokio::pin!(connection);
+        loop {
+            tokio::select! {
+                _ = &mut connection => return,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    let _ = streams.send(connection.max_concurrent_send_streams());
+                }
+            }
+        }
+    });
+    (send, task, watch)
+}
+
+#[tokio::test]
+async fn http2_connections_without_streams_close_after_idle() {
+    let pki = TestPki::new();
+    let (backend, _, _) = big_backend(&pki, 1).await;
+    let proxy = proxy_to(
+        &pki,
+        &backend,
+        "[timeouts]\nclient_header = \"300ms\"\nidle = \"800ms\"\n",
+    )
+    .await;
+
+    // The h2 crate answers pings and settings: the connection looks alive but carries nothing.
+    let (mut send, connection, _) = h2_client(&pki, proxy.addr, 65_535).await;
+    let started = Instant::now();
+    // One request first: idleness counts from the end of the last stream, not the handshake.
+    let request = Request::get("https://localhost/api/ok").body(()).unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let took = started.elapsed();
+    assert!(ended.is_ok(), "idle HTTP/2 connection kept open");
+    assert!(
+        took >= Duration::from_millis(700),
+        "closed after {took:?}: before [timeouts] idle"
+    );
+    ordinary_client_is_served(&pki, &proxy).await;
+}
+
+#[tokio::test]
+async fn zero_window_http2_streams_cannot_park_upstream_connections() {
+    let pki = TestPki::new();
+    let (backend, alive, most) = big_backend(&pki, 16 * 1024).await;
+    let proxy = proxy_to(
+        &pki,
+        &backend,
+        "[timeouts]\nclient_send = \"500ms\"\n\n[limits]\nupstream_per_connection = 4\n\
+         h2_max_streams = 10\n",
+    )
+    .await;
+
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: the proxy may send headers but no body data.
+    let (mut send, connection, max_streams) = h2_client(&pki, proxy.addr, 0).await;
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        send = send.ready().await.unwrap();
+        let request = Request::get("https://localhost/api/big").body(()).unwrap();
+        streams.push(send.send_request(request, true).unwrap().0);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *max_streams.borrow(),
+        10,
+        "the proxy advertises [limits] h2_max_streams"
+    );
+    assert_eq!(
+        alive.load(SeqCst),
+        4,
+        "one client connection holds [limits] upstream_per_connection upstream exchanges"
+    );
+    ordinary_client_is_served(&pki, &proxy).await;
+
+    // Each stalled response is abandoned after client_send, freeing its upstream exchange; once
+    // every request on the connection has been abandoned, the connection closes.
+    eventually(
+        "every upstream body released",
+        Duration::from_secs(10),
+        || alive.load(SeqCst) == 0 && connection.is_finished(),
+    )
+    .await;
+    assert!(most.load(SeqCst) <= 4, "at most 4 at once, saw {most:?}");
+    logs()
+        .line_with(&["client stopped reading", "client_send"])
+        .await;
+    drop(streams);
+    ordinary_client_is_served(&pki, &proxy).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_frees_the_upstream_after_client_send() {
+    let pki = TestPki::new();
+    // 256 MiB: far more than the socket buffers between here and the proxy hold.
+    let (backend, alive, _) = big_backend(&pki, 16 * 1024).await;
+    let proxy = proxy_to(&pki, &backend, "[timeouts]\nclient_send = \"500ms\"\n").await;
+
+    let mut tls = tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.unwrap();
+    tls.write_all(b"GET /api/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the upstream body started", Duration::from_secs(5), || {
+        alive.load(SeqCst) == 1
+    })
+    .await;
+    ordinary_client_is_served(&pki, &proxy).await;
+    // Never read: the proxy must let go of the upstream and of the client.
+    eventually(
+        "the upstream body released",
+        Duration::from_secs(15),
+        || alive.load(SeqCst) == 0,
+    )
+    .await;
+    logs()
+        .line_with(&["stopped reading its responses", "client_send"])
+        .await;
+    ordinary_client_is_served(&pki, &proxy).await;
+}
+
+#[tokio::test]
+async fn a_trickled_upload_below_the_minimum_rate_gets_408() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = proxy_to(
+        &pki,
+        &backend,
+        "[timeouts]\nclient_header = \"600ms\"\n\n[limits]\nmin_upload_rate = 100\n",
+    )
+    .await;
+
+    // One byte every 100 ms is 10 bytes/s, never idle for long, but far below 100 bytes/s.
+    let mut tls = tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.unwrap();
+    tls.write_all(b"POST /api/up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..100 {
+        if tls.write_all(b"x").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let answer = read_until_close(&mut tls, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    let line = logs().line_with(&["status=408", "min_upload_rate"]).await;
+    assert!(line.contains("slower than 100 bytes/s"), "{line}");
+    ordinary_client_is_served(&pki, &proxy).await;
+}
+
+#[tokio::test]
+async fn one_host_cannot_take_every_connection() {
+    let pki = TestPki::new();
+    let (backend, _, _) = big_backend(&pki, 1).await;
+    let proxy = proxy_to(&pki, &backend, "[limits]\nmax_connections_per_ip = 5\n").await;
+
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.unwrap());
+    }
+    // The next ones from the same host are closed at once, before any TLS.
+    for _ in 0..20 {
+        assert!(tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_err());
+    }
+    ordinary_client_is_served(&pki, &proxy).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_ok(),
+        "closed connections give their shares back"
+    );
+}
+
+#[tokio::test]
+async fn websocket_tunnels_keep_their_permit_and_close_when_silent() {
+    let pki = TestPki::new();
+    let backend = websocket_backend(&pki).await;
+    let proxy = Proxy::start(
+        &pki,
+        &format!(
+            "[timeouts]\ntunnel_idle = \"1s\"\n\n{}",
+            route_to("/ws", "backend-ws", &backend)
+        ),
+    )
+    .await;
+    let (mut tunnel, head) = open_websocket(&pki, &proxy).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // Traffic keeps it open past tunnel_idle.
+    for message in ["one", "two", "three"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_echo(&mut tunnel, message).await;
+    }
+    let took = closed_within(&mut tunnel, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    logs().line_with(&["tunnel closed", "tunnel_idle"]).await;
+}
+
+#[tokio::test]
+async fn a_tunnel_counts_against_max_connections() {
+    let pki = TestPki::new();
+    let backend = websocket_backend(&pki).await;
+    let listen = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\n\
+         key = \"public/privkey.pem\"\nmax_connections = 1\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{}",
+        route_to("/ws", "backend-ws", &backend)
+    );
+    let proxy = Proxy::start_with(&pki, &listen).await;
+    let (mut tunnel, head) = open_websocket(&pki, &proxy).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_echo(&mut tunnel, "hello").await;
+    // The one permit is the tunnel's: a second client is not served while it is open.
+    let waiting = tls_from(&pki, proxy.addr, "127.0.0.1", H1).await;
+    assert!(waiting.is_err(), "a second client was served");
+    assert_echo(&mut tunnel, "still open").await;
+    drop(tunnel);
+    let served = async {
+        for _ in 0..50 {
+            if tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_ok() {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(served.await, "the permit came back when the tunnel closed");
+}
+
+/// The real binary with a hard descriptor limit of 100: an HTTP/2 client opening streams to a
+/// backend that holds every request makes the proxy run out of descriptors for upstream
+/// connections. It must answer 503 (its own trouble), not 502, and recover.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn out_of_descriptors_is_a_503_and_the_proxy_recovers() {
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+
+    let pki = TestPki::new();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, move |_, _| {
+        let held = held.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), held.notified())
+                .await
+                .ok();
+            Response::new(full("released"))
+        }
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = pki.path("fd.toml");
+    write(
+        &config,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\ncert = \"public/fullchain.pem\"\n\
+             key = \"public/privkey.pem\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n\
+             [limits]\nupstream_per_connection = 200\nh2_max_streams = 200\n\n{}",
+            route_to("/api", "backend-api", &backend)
+        ),
+    );
+    let log = pki.path("fd.log");
+    let mut child = unsafe {
+        Command::new(env!("CARGO_BIN_EXE_trustgate"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 100,
+                    rlim_max: 100,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+            .spawn()
+            .unwrap()
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        up,
+        "trustgate did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let (mut send, _connection, _) = h2_client(&pki, addr, 65_535).await;
+    let mut pending = Vec::new();
+    for _ in 0..150 {
+        send = send.ready().await.unwrap();
+        let request = Request::get("https://localhost/api/hold").body(()).unwrap();
+        pending.push(send.send_request(request, true).unwrap().0);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    release.notify_waiters();
+    let mut statuses = Vec::new();
+    for response in pending {
+        let status = tokio::time::timeout(Duration::from_secs(15), response)
+            .await
+            .expect("an answer")
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        statuses.push(status);
+        release.notify_waiters();
+    }
+    let count = |code| statuses.iter().filter(|s| **s == code).count();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(count(503) > 0, "no 503 among {statuses:?}\n{text}");
+    assert_eq!(
+        count(502),
+        0,
+        "out of descriptors is not the upstream's fault\n{text}"
+    );
+    assert!(count(200) > 0, "{statuses:?}");
+    assert!(text.contains("out of resources"), "{text}");
+    assert!(text.contains("file descriptor limit"), "{text}");
+
+    // Recovered: an ordinary request on a new connection is served.
+    let mut tls = tls_from(&pki, addr, "127.0.0.1", H1).await.unwrap();
+    tls.write_all(b"GET /api/after HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    release.notify_waiters();
+    let answer = read_until_close(&mut tls, Duration::from_secs(12)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
