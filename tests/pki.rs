@@ -65,15 +65,12 @@ fn pki_err(dir: &Path, args: &[&str]) -> String {
     failed(run(dir, args, None), args)
 }
 
-/// `init-root --out offline/root` and `init-intermediate --out ca`, with `--permit-dns` each of
-/// `permit`.
-fn init_ca(dir: &Path, permit: &[&str]) {
+/// `init-root --out offline/root` and `init-intermediate --out ca` with `flags` (such as
+/// `--permit-dns internal`); returns what init-intermediate printed.
+fn init_ca(dir: &Path, flags: &[&str]) -> String {
     pki_ok(dir, &["init-root", "--out", "offline/root"]);
-    let mut args = vec!["init-intermediate", "--root", "offline/root", "--out", "ca"];
-    for suffix in permit {
-        args.extend(["--permit-dns", suffix]);
-    }
-    pki_ok(dir, &args);
+    let args = ["init-intermediate", "--root", "offline/root", "--out", "ca"];
+    pki_ok(dir, &[&args[..], flags].concat())
 }
 
 /// `pki issue --ca ca --name backend-api --out certs/backend-api`; returns the serial.
@@ -333,7 +330,7 @@ fn openssl_verifies_the_issued_chain_and_rejects_another_roots_leaf() {
 async fn name_constraints_are_enforced_by_the_cli_and_by_the_proxy() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    init_ca(d, &["internal"]);
+    init_ca(d, &["--permit-dns", "internal"]);
     pki_ok(
         d,
         &[
@@ -395,6 +392,179 @@ async fn name_constraints_are_enforced_by_the_cli_and_by_the_proxy() {
         .line_with(&[&format!("upstream={bank_upstream}"), "reason="])
         .await;
     assert!(line.contains("name constraints"), "{line}");
+}
+
+/// A leaf forged with the constrained intermediate's key (the CLI would refuse it), as a backend
+/// serves it: leaf + intermediate.
+fn forged(dir: &Path, name: &str) -> ServerCert {
+    let ca = Ca::from_pem(&read(&dir.join("ca/ca.crt")), &read(&dir.join("ca/ca.key"))).unwrap();
+    let leaf = ca.issue(&LeafRequest::server(name, 30)).unwrap();
+    ServerCert {
+        chain: vec![leaf.cert, ca.cert().clone()],
+        chain_pem: leaf.cert_pem + &ca.cert_pem(),
+        key_pem: leaf.key_pem,
+    }
+}
+
+/// RFC 5280 leaves IP addresses unconstrained when only DNS subtrees are permitted: an
+/// intermediate limited to `backend-api` must still vouch for no IP address, public or not.
+#[tokio::test]
+async fn dns_constraints_exclude_every_ip_address_in_the_cli_and_the_proxy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let printed = init_ca(d, &["--permit-dns", "backend-api"]);
+    let scope = "DNS names only under backend-api; no IP addresses";
+    assert!(
+        printed.contains(&format!("names:       {scope}\n")),
+        "{printed}"
+    );
+    let inspected = pki_ok(d, &["inspect", "ca/ca.crt"]);
+    assert!(
+        inspected.contains(&format!("names:       {scope}\n")),
+        "{inspected}"
+    );
+
+    let index = read(&d.join("ca/index.txt"));
+    for (args, name, excluded) in [
+        (&["--name", "8.8.8.8"][..], "8.8.8.8", "0.0.0.0/0"),
+        (
+            &["--name", "backend-api", "--ip", "1.1.1.1"],
+            "1.1.1.1",
+            "0.0.0.0/0",
+        ),
+        (&["--name", "backend-api", "--ip", "::1"], "::1", "::/0"),
+        (&["--client", "10.0.0.9"], "10.0.0.9", "0.0.0.0/0"),
+    ] {
+        let args = [&["issue", "--ca", "ca", "--out", "certs/ip"][..], args].concat();
+        let err = pki_err(d, &args);
+        for want in [
+            &format!("{name:?} is outside the names"),
+            &format!("({scope}): its name constraints exclude {excluded}"),
+            "the proxy would refuse it",
+        ] {
+            assert!(err.contains(want), "{args:?} lacks {want:?}: {err}");
+        }
+    }
+    assert!(
+        !d.join("certs/ip").exists(),
+        "nothing written for a refused name"
+    );
+    assert_eq!(read(&d.join("ca/index.txt")), index);
+
+    // Someone with the intermediate's key forges a leaf for an IP address anyway.
+    let backend = Backend::recording(&forged(d, "127.0.0.1"), H1, "ip").await;
+    let pki = proxy_pki(d);
+    let upstream = format!("https://127.0.0.1:{}/", backend.port());
+    let proxy = Proxy::start(&pki, &route("/ip", &upstream, &backend)).await;
+    let line = bad_gateway(&pki, &proxy, "/ip/x", &upstream).await;
+    assert!(line.contains("name constraints"), "{line}");
+    assert!(
+        backend.seen().is_empty(),
+        "the forged backend got the request"
+    );
+}
+
+/// With --permit-ip, the intermediate issues for addresses in those ranges, which the proxy and
+/// OpenSSL accept, and for no DNS name.
+#[tokio::test]
+async fn permit_ip_allows_its_ranges_and_no_dns_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let printed = init_ca(
+        d,
+        &["--permit-ip", "127.0.0.0/8", "--permit-ip", "fd00::/8"],
+    );
+    let scope = "no DNS names; IP addresses only in 127.0.0.0/8, fd00::/8";
+    assert!(
+        printed.contains(&format!("names:       {scope}\n")),
+        "{printed}"
+    );
+
+    let index = read(&d.join("ca/index.txt"));
+    for (args, name, reason) in [
+        (
+            &["--name", "10.0.0.1"][..],
+            "\"10.0.0.1\"",
+            "permit only IP addresses in 127.0.0.0/8, fd00::/8",
+        ),
+        (
+            &["--name", "127.0.0.1", "--ip", "::1"],
+            "\"::1\"",
+            "permit only IP addresses in",
+        ),
+        (
+            &["--name", "backend-api"],
+            "\"backend-api\"",
+            "exclude every DNS name",
+        ),
+        (
+            &["--name", "127.0.0.1", "--dns", "localhost"],
+            "\"localhost\"",
+            "exclude every DNS name",
+        ),
+        (
+            &["--client", "proxy"],
+            "\"proxy\"",
+            "exclude every DNS name",
+        ),
+    ] {
+        let args = [&["issue", "--ca", "ca", "--out", "certs/refused"][..], args].concat();
+        let err = pki_err(d, &args);
+        let want = format!(
+            "{name} is outside the names \"{INTERMEDIATE}\" may issue for ({scope}): its name constraints {reason}"
+        );
+        assert!(err.contains(&want), "{args:?}: {err}");
+    }
+    assert!(!d.join("certs/refused").exists());
+    assert_eq!(read(&d.join("ca/index.txt")), index);
+
+    let out = pki_ok(
+        d,
+        &[
+            "issue",
+            "--ca",
+            "ca",
+            "--name",
+            "127.0.0.1",
+            "--ip",
+            "fd00::5",
+            "--out",
+            "certs/ip",
+        ],
+    );
+    let info = leaf_info(&d.join("certs/ip/server.crt"));
+    assert_eq!(info.serial, printed_serial(&out));
+    assert_eq!(info.sans, ["127.0.0.1", "fd00::5"]);
+    assert_eq!(info.subject, "", "an address is named by the SAN only");
+
+    let backend = Backend::recording(&served(&d.join("certs/ip")), H1, "ip").await;
+    let pki = proxy_pki(d);
+    let upstream = format!("https://127.0.0.1:{}/", backend.port());
+    let proxy = Proxy::start(&pki, &route("/ip", &upstream, &backend)).await;
+    let got = get(&client(&pki, false), &proxy.url("/ip/hello")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(got.text(), "backend:ip\n");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].sni, None, "no SNI for an address (RFC 6066)");
+    backend.join().await;
+
+    // OpenSSL reads a common name of 127.0.0.1 as a DNS name and checks it against the
+    // constraints, which exclude every DNS name: the empty subject is what lets it pass.
+    let chain = ["-CAfile", "offline/root/ca.crt", "-untrusted", "ca/ca.crt"];
+    let leaf = "certs/ip/server.crt";
+    if let Some((ok, text)) = openssl_verify(
+        d,
+        &[&chain[..], &["-verify_ip", "127.0.0.1", leaf]].concat(),
+    ) {
+        assert!(ok && text.contains(": OK"), "{text}");
+        let (ok, text) = openssl_verify(
+            d,
+            &[&chain[..], &["-verify_ip", "127.0.0.2", leaf]].concat(),
+        )
+        .unwrap();
+        assert!(!ok, "{text}");
+    }
 }
 
 #[cfg(unix)]
@@ -798,6 +968,34 @@ fn bad_input_fails_cleanly_naming_the_problem() {
     ] {
         let err = pki_err(d, args);
         assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Out-of-range numbers and bad IP ranges are refused by the argument parser (usage error,
+    // exit code 2) before any CA exists.
+    for (cidr, want) in [
+        ("10.0.0.0/33", "the prefix length must be 0 to 32"),
+        ("fd00::/200", "the prefix length must be 0 to 128"),
+        (
+            "10.0.0.1/8",
+            "it has host bits set; the range is 10.0.0.0/8",
+        ),
+        ("backend-api", "\"backend-api\" is not an IP address"),
+    ] {
+        let args = [
+            "init-intermediate",
+            "--root",
+            "offline/root",
+            "--out",
+            "ca2",
+            "--permit-ip",
+            cidr,
+        ];
+        let out = run(d, &args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{cidr:?} is not an IP range: {want}")),
+            "{cidr}: {stderr}"
+        );
     }
     // Out-of-range numbers are refused by the argument parser (usage error, exit code 2).
     for days in ["0", "99999999"] {

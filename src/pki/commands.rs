@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use super::inspect::{CertInfo, rfc3339};
 use super::store::{self, CaDir, Entry, Kind, Status};
-use super::{KeyType, LeafRequest, Usage, Validity};
+use super::{IpNet, KeyType, LeafRequest, NameConstraints, Usage, Validity};
 use crate::config::Config;
 
 /// Validity in days: at least one, at most a century (past that, dates overflow).
@@ -60,8 +60,9 @@ pub enum PkiCommand {
     },
     /// Create an intermediate CA signed by the root (path length 0: it signs leaves only).
     ///
-    /// With --permit-dns, X.509 name constraints limit the intermediate to those DNS suffixes:
-    /// it can then never vouch for a public name such as a bank's, even if its key leaks.
+    /// With --permit-dns or --permit-ip, X.509 name constraints limit the intermediate to those
+    /// DNS suffixes and IP ranges, and a name type with none given is excluded entirely: it can
+    /// then never vouch for a public name such as a bank's, or a public IP, even if its key leaks.
     InitIntermediate {
         /// The root's folder (from init-root).
         #[arg(long)]
@@ -77,6 +78,10 @@ pub enum PkiCommand {
         /// `backend-api`.
         #[arg(long = "permit-dns", value_name = "SUFFIX")]
         permit_dns: Vec<String>,
+        /// An IP range the intermediate may issue for (repeatable), e.g. `10.0.0.0/8`,
+        /// `fd00::/8`, or one address. Without it, a constrained intermediate issues for no IP.
+        #[arg(long = "permit-ip", value_name = "CIDR")]
+        permit_ip: Vec<IpNet>,
         #[arg(long, value_enum, default_value_t)]
         key_type: KeyType,
     },
@@ -262,15 +267,17 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
             cn,
             days,
             permit_dns,
+            permit_ip,
             key_type,
         } => {
             guard.check(&out)?;
             let mut root_dir = CaDir::open(&root)?;
             let validity = within_issuer(&root_dir, days)?;
+            let constraints = NameConstraints::permit(&permit_dns, &permit_ip);
             let intermediate =
                 root_dir
                     .ca
-                    .intermediate_with(&cn, validity, &permit_dns, key_type)?;
+                    .intermediate_with(&cn, validity, &constraints, key_type)?;
             let dir = CaDir::create(&out, intermediate, Some(&root_dir.ca.cert_pem()))?;
             root_dir.entries.push(Entry::from_cert(&dir.info, Kind::Ca));
             root_dir.save()?;
@@ -283,12 +290,13 @@ pub fn run(args: PkiArgs) -> anyhow::Result<()> {
                 "  signed by:   {} (path length 0: signs service certificates only)",
                 root_dir.info.subject
             );
-            if permit_dns.is_empty() {
+            if constraints.is_empty() {
                 println!(
-                    "  names:       any (add --permit-dns SUFFIX to constrain it to internal names)"
+                    "  names:       any (add --permit-dns SUFFIX or --permit-ip CIDR to constrain \
+                     it to internal names)"
                 );
             } else {
-                println!("  names:       only under {}", permit_dns.join(", "));
+                println!("  names:       {constraints}");
             }
             println!("  valid until: {}", rfc3339(dir.info.not_after));
             println!(
@@ -478,38 +486,17 @@ fn within_issuer(issuer: &CaDir, days: i64) -> anyhow::Result<Validity> {
     Ok(validity)
 }
 
-/// Refuses DNS names outside the issuing CA's permitted subtrees: the proxy would reject them.
+/// Refuses names outside the issuing CA's name constraints, DNS names and IP addresses alike:
+/// the proxy would reject them.
 fn check_name_constraints(dir: &CaDir, names: &[String]) -> anyhow::Result<()> {
-    let (_, cert) = x509_parser::parse_x509_certificate(dir.ca.cert())
-        .map_err(|e| anyhow!("cannot parse the CA certificate: {e}"))?;
-    let Ok(Some(constraints)) = cert.name_constraints() else {
-        return Ok(());
-    };
-    let Some(permitted) = &constraints.value.permitted_subtrees else {
-        return Ok(());
-    };
-    let suffixes: Vec<&str> = permitted
-        .iter()
-        .filter_map(|subtree| match &subtree.base {
-            x509_parser::extensions::GeneralName::DNSName(dns) => Some(*dns),
-            _ => None,
-        })
-        .collect();
-    if suffixes.is_empty() {
-        return Ok(());
-    }
-    for name in names.iter().filter(|n| n.parse::<IpAddr>().is_err()) {
-        let allowed = suffixes.iter().any(|suffix| {
-            let suffix = suffix.trim_start_matches('.');
-            name.eq_ignore_ascii_case(suffix)
-                || name
-                    .to_ascii_lowercase()
-                    .ends_with(&format!(".{}", suffix.to_ascii_lowercase()))
-        });
-        if !allowed {
+    let constraints = NameConstraints::of(dir.ca.cert())
+        .map_err(|e| anyhow!("{}: {e}", dir.dir.join(store::CA_CERT).display()))?;
+    for name in names {
+        if let Some(reason) = constraints.refusal(name) {
             bail!(
-                "{name:?} is outside the names this CA may issue for ({}): the proxy would refuse it",
-                suffixes.join(", ")
+                "{name:?} is outside the names \"{}\" may issue for ({constraints}): {reason}; \
+                 the proxy would refuse it",
+                dir.info.subject
             );
         }
     }
@@ -758,7 +745,13 @@ fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
         for (i, cert) in certs.iter().enumerate() {
             let info =
                 CertInfo::parse(cert).map_err(|e| anyhow!("{} #{}: {e}", file.display(), i + 1))?;
-            println!("{} #{}:\n{info}\n", file.display(), i + 1);
+            // What a CA may vouch for; a leaf has no name constraints and shows no line.
+            let names = match NameConstraints::of(cert) {
+                Ok(constraints) if constraints.is_empty() => String::new(),
+                Ok(constraints) => format!("\n  names:       {constraints}"),
+                Err(e) => format!("\n  names:       {e}"),
+            };
+            println!("{} #{}:\n{info}{names}\n", file.display(), i + 1);
         }
         if crate::tls::holds_private_key(&bytes) {
             println!("{} also holds a PRIVATE KEY (not shown)\n", file.display());

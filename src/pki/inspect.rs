@@ -100,7 +100,15 @@ impl fmt::Display for CertInfo {
             }
             (false, Some(_), None) => "unknown".to_owned(),
         };
-        writeln!(f, "  subject:     {}", self.subject)?;
+        writeln!(
+            f,
+            "  subject:     {}",
+            if self.subject.is_empty() {
+                "(empty: the SANs name it)"
+            } else {
+                &self.subject
+            }
+        )?;
         writeln!(
             f,
             "  SANs:        {}",

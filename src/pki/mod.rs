@@ -5,17 +5,20 @@
 //! operators use to run their CA is the code the tests exercise.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
 
 pub mod commands;
+pub mod constraints;
 pub mod inspect;
 pub mod store;
 
 use std::path::PathBuf;
+
+pub use constraints::{IpNet, NameConstraints};
 
 /// Why a certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +116,8 @@ pub enum Usage {
     Client,
 }
 
-/// A leaf to issue. The first name is also the subject's common name.
+/// A leaf to issue. The first name is also the subject's common name, unless it is an IP
+/// address: then the subject is empty and the SAN alone names the leaf.
 #[derive(Debug, Clone)]
 pub struct LeafRequest {
     /// DNS names or IP addresses, all placed in the SAN.
@@ -175,34 +179,28 @@ impl Ca {
 
     /// An intermediate CA signed by this one, allowed to sign leaves only (path length 0).
     ///
-    /// With `permitted_dns`, X.509 name constraints limit it to those DNS suffixes, so it can
-    /// never vouch for a public name.
+    /// With `permitted_dns`, X.509 name constraints limit it to those DNS suffixes and no IP
+    /// address, so it can never vouch for a public name.
     pub fn intermediate(
         &self,
         common_name: &str,
         validity: Validity,
         permitted_dns: &[String],
     ) -> Result<Self, PkiError> {
-        self.intermediate_with(common_name, validity, permitted_dns, KeyType::default())
+        let constraints = NameConstraints::permit(permitted_dns, &[]);
+        self.intermediate_with(common_name, validity, &constraints, KeyType::default())
     }
 
+    /// An intermediate limited to `constraints` (none when empty), with a `key_type` key.
     pub fn intermediate_with(
         &self,
         common_name: &str,
         validity: Validity,
-        permitted_dns: &[String],
+        constraints: &NameConstraints,
         key_type: KeyType,
     ) -> Result<Self, PkiError> {
         let mut params = ca_params(common_name, validity, BasicConstraints::Constrained(0))?;
-        if !permitted_dns.is_empty() {
-            params.name_constraints = Some(NameConstraints {
-                permitted_subtrees: permitted_dns
-                    .iter()
-                    .map(|dns| GeneralSubtree::DnsName(dns.clone()))
-                    .collect(),
-                excluded_subtrees: Vec::new(),
-            });
-        }
+        params.name_constraints = constraints.to_rcgen();
         let key = key_type.generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Self {
@@ -240,7 +238,15 @@ impl Ca {
     pub fn issue_with(&self, request: &LeafRequest, key_type: KeyType) -> Result<Issued, PkiError> {
         let first = request.names.first().ok_or(PkiError::NoName)?;
         let mut params = CertificateParams::new(request.names.clone())?;
-        params.distinguished_name = name(first);
+        // OpenSSL checks a common name that looks like a host name against the DNS name
+        // constraints when the SAN has no DNS name, and `127.0.0.1` looks like one: a leaf for an
+        // address permitted by --permit-ip would fail there. An empty subject is what RFC 5280
+        // allows instead (rcgen then marks the SAN critical), and rustls never reads the CN.
+        params.distinguished_name = if first.parse::<std::net::IpAddr>().is_ok() {
+            DistinguishedName::new()
+        } else {
+            name(first)
+        };
         let (serial, hex) = serial()?;
         params.serial_number = Some(serial);
         params.not_before = request.validity.not_before;
