@@ -152,34 +152,86 @@ impl Body for UpstreamBody {
     }
 }
 
+/// The upstream stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response body data for {}", humantime::format_duration(*.0))]
+pub struct UpstreamStalled(pub Duration);
+
 /// The upstream's response body, holding the client connection's turn at the upstreams (see
-/// [`crate::server::ConnectionInfo::upstream_turn`]) until it ends or is dropped.
+/// [`crate::server::ConnectionInfo::upstream_turn`]) until it ends or is dropped. An upstream
+/// that sends nothing for `idle` (nginx's `proxy_read_timeout`) has the response aborted, so a
+/// stuck backend cannot hold a client connection forever.
 #[derive(Debug)]
 pub struct Streamed {
     inner: Incoming,
     turn: Option<OwnedSemaphorePermit>,
+    idle: Duration,
+    /// Armed while the client waits for the next frame; created the first time it has to wait.
+    stall: Option<Pin<Box<Sleep>>>,
+    rearm: bool,
+    /// Where the response comes from, for the log line when it stalls.
+    route: String,
 }
 
 impl Streamed {
-    pub fn new(inner: Incoming, turn: Option<OwnedSemaphorePermit>) -> Self {
-        Self { inner, turn }
+    pub fn new(
+        inner: Incoming,
+        turn: Option<OwnedSemaphorePermit>,
+        idle: Duration,
+        route: String,
+    ) -> Self {
+        Self {
+            inner,
+            turn,
+            idle,
+            stall: None,
+            rearm: false,
+            route,
+        }
     }
 }
 
 impl Body for Streamed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if self.inner.is_end_stream() {
-            // The upstream connection is free again: so is the turn.
-            self.turn = None;
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let deadline = Instant::now() + this.idle;
+                let stall = match &mut this.stall {
+                    Some(stall) => {
+                        if std::mem::take(&mut this.rearm) {
+                            stall.as_mut().reset(deadline);
+                        }
+                        stall
+                    }
+                    None => this
+                        .stall
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                if stall.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.turn = None;
+                let stalled = UpstreamStalled(this.idle);
+                tracing::warn!(route = %this.route, reason = %stalled,
+                    "response aborted ([timeouts] response applies between body frames too)");
+                Poll::Ready(Some(Err(stalled.into())))
+            }
+            polled => {
+                this.rearm = true;
+                if this.inner.is_end_stream() {
+                    // The upstream connection is free again: so is the turn.
+                    this.turn = None;
+                }
+                polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -178,7 +178,12 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(
             parts,
-            Either::Left(Streamed::new(body, turn)),
+            Either::Left(Streamed::new(
+                body,
+                turn,
+                self.response_timeout,
+                route.prefix.to_string(),
+            )),
         ))
     }
 }
