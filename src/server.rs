@@ -29,6 +29,10 @@ use crate::proxy::Proxy;
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// Most header fields a request may carry, over HTTP/1.1 and HTTP/2 alike (HTTP/2 `cookie`
+/// fields count once joined); more gets 431.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the handler knows about the connection a request arrived on.
@@ -70,7 +74,8 @@ impl TlsServer {
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(client_header)
-            .max_buf_size(MAX_REQUEST_HEAD);
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .max_headers(MAX_REQUEST_HEADERS);
         // HTTP/2 has no request-head timeout; pings find peers that vanished without a FIN.
         http.http2()
             .timer(TokioTimer::new())
