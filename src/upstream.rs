@@ -25,6 +25,7 @@ use tower_service::Service;
 
 use crate::config::Config;
 use crate::proxy::body::UpstreamBody;
+use crate::server::MAX_REQUEST_HEAD;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,6 +67,10 @@ fn pooled(connector: Connector) -> UpstreamClient {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .http2_keep_alive_timeout(Duration::from_secs(10))
         .http2_keep_alive_while_idle(true)
+        // One limit for a response head, as for a request head, whatever the protocol: hyper's
+        // defaults are about 400 KiB for HTTP/1.1 and 16 KiB for HTTP/2.
+        .http1_max_buf_size(MAX_REQUEST_HEAD)
+        .http2_max_header_list_size(MAX_REQUEST_HEAD as u32)
         .build(connector)
 }
 

@@ -10,6 +10,7 @@ use rustls::CertificateError;
 use rustls::pki_types::UnixTime;
 
 use crate::server::admission::is_resource_exhaustion;
+use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::upstream::{ConnectTimeout, TcpConnectError};
 
 /// A request that did not get an upstream response.
@@ -23,6 +24,9 @@ pub enum ProxyError {
     Connect,
     #[error("the path is too long to forward once rewritten")]
     UriTooLong,
+    /// More header fields than [`MAX_REQUEST_HEADERS`], counted once cookies are joined.
+    #[error("{0} header fields; at most {MAX_REQUEST_HEADERS} are accepted")]
+    TooManyHeaders(usize),
     /// The client's request body failed while it was being sent upstream (the client went away).
     #[error("the client's request body ended early: {}", describe(.0))]
     ClientBody(hyper_util::client::legacy::Error),
@@ -48,6 +52,18 @@ pub enum ProxyError {
     /// The proxy itself is out of descriptors, buffers or memory: not the upstream's fault.
     #[error("the proxy is out of resources: {}", describe(.0))]
     OutOfResources(hyper_util::client::legacy::Error),
+    /// The upstream's response head is over [`MAX_REQUEST_HEAD`] (the same limit as for requests),
+    /// counted by us or found by hyper; the text adds how HTTP/2 reported it.
+    #[error("the upstream's response head is larger than {} KiB{}", MAX_REQUEST_HEAD / 1024, .0)]
+    HeadTooLarge(&'static str),
+    /// The upstream answered 101 with a protocol the client did not ask for: tunnelling it
+    /// would hand the client a connection speaking something else than it agreed to.
+    #[error("the upstream switched to {answered:?}, but the client asked for {}",
+        requested.as_ref().map_or_else(|| "no upgrade".to_owned(), |r| format!("{r:?}")))]
+    UnaskedSwitch {
+        requested: Option<String>,
+        answered: String,
+    },
 }
 
 impl ProxyError {
@@ -59,7 +75,10 @@ impl ProxyError {
             Self::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
-            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Upstream(_) | Self::HeadTooLarge(_) | Self::UnaskedSwitch { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Busy(_) | Self::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -79,6 +98,9 @@ impl ProxyError {
                 .is_some_and(|connect| is_resource_exhaustion(&connect.source))
             {
                 return Self::OutOfResources(err);
+            }
+            if let Some(how) = head_too_large(e) {
+                return Self::HeadTooLarge(how);
             }
             client_side |= e
                 .downcast_ref::<hyper::Error>()
@@ -162,6 +184,28 @@ fn known_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String>
         });
     }
     None
+}
+
+/// Whether an error says the upstream's response head went over the client pool's limit. HTTP/1.1
+/// says so plainly; HTTP/2 resets the stream with PROTOCOL_ERROR, which also covers a malformed
+/// head, or, for a head far over the limit, closes the connection for too many CONTINUATION frames.
+fn head_too_large(e: &(dyn StdError + 'static)) -> Option<&'static str> {
+    if e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_parse_too_large)
+    {
+        return Some("");
+    }
+    let h2 = e.downcast_ref::<h2::Error>().filter(|h2| h2.is_library())?;
+    match h2.reason()? {
+        h2::Reason::PROTOCOL_ERROR if h2.is_reset() => {
+            Some(" as HTTP/2 counts it, or malformed (PROTOCOL_ERROR)")
+        }
+        // h2 exposes a GOAWAY's debug data only in its message.
+        h2::Reason::ENHANCE_YOUR_CALM if h2.to_string().contains("too_many_continuations") => {
+            Some(" (too many HTTP/2 CONTINUATION frames)")
+        }
+        _ => None,
+    }
 }
 
 fn describe_tls(err: &rustls::Error) -> String {
@@ -307,6 +351,14 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
         assert_eq!(ProxyError::Connect.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(ProxyError::UriTooLong.status(), StatusCode::URI_TOO_LONG);
+        assert_eq!(
+            ProxyError::TooManyHeaders(101).status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(
+            ProxyError::HeadTooLarge("").status(),
+            StatusCode::BAD_GATEWAY
+        );
         assert_eq!(
             ProxyError::BadRequest("x").status(),
             StatusCode::BAD_REQUEST

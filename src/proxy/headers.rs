@@ -12,12 +12,15 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&HeaderName; 7] = [
+/// `HTTP2-Settings` only ever accompanies an h2c upgrade of the connection (RFC 7540 section 3.2).
+const HOP_BY_HOP: [&HeaderName; 8] = [
     &header::CONNECTION,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
+    &HTTP2_SETTINGS,
     &header::TE,
     &header::TRAILER,
     &header::TRANSFER_ENCODING,
@@ -36,6 +39,65 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
+    }
+}
+
+/// The protocol names in an `Upgrade` value, without versions (`websocket`, `h2c`).
+fn protocols(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.split('/').next().unwrap_or_default().trim())
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether the request's `Upgrade` names h2c, in whatever case. Over TLS HTTP/2 is negotiated by
+/// ALPN, so an h2c upgrade through the proxy can only be an attempt to smuggle requests past it
+/// in a tunnel to the backend.
+pub fn names_h2c(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(protocols)
+        .any(|p| p.eq_ignore_ascii_case("h2c"))
+}
+
+/// Whether a 101's `Upgrade` switches only to protocols the client asked for (RFC 9110 section
+/// 7.8), compared without regard to case.
+pub fn same_upgrade(requested: &HeaderValue, answered: &HeaderValue) -> bool {
+    let mut answered = protocols(answered).peekable();
+    answered.peek().is_some()
+        && answered.all(|a| protocols(requested).any(|r| r.eq_ignore_ascii_case(a)))
+}
+
+/// The size of a response head as HTTP/1.1 writes it: status line, `name: value` lines, blank line.
+pub fn head_len(headers: &HeaderMap) -> usize {
+    const STATUS_LINE: usize = "HTTP/1.1 200 OK\r\n".len();
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    STATUS_LINE + fields + 2
+}
+
+/// Joins several `cookie` fields into one, as HTTP/2 clients may split them (RFC 9113 section
+/// 8.2.3) and HTTP/1.1 backends expect a single line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for cookie in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    // The parts were valid field values; joined with "; " they still are.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -93,6 +155,12 @@ pub fn prepare_response(
     public_host: Option<&str>,
     upgrade: Option<HeaderValue>,
 ) {
+    // A response framed by Transfer-Encoding has no meaningful Content-Length, whatever it says
+    // (RFC 9112 section 6.3); forwarded next to the re-framed body, it would cut the client's
+    // connection short or stall its stream.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
         keep_upgrade(headers, protocol);
@@ -119,7 +187,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // cost no allocation.
     let names_more = |token: &str| {
         let token = token.trim();
-        const REMOVED_ANYWAY: [&str; 8] = [
+        const REMOVED_ANYWAY: [&str; 9] = [
+            "http2-settings",
             "close",
             "keep-alive",
             "upgrade",
@@ -301,5 +370,34 @@ mod tests {
         assert_eq!(h["location"], "https://public.example/api/login");
         assert_eq!(h["content-location"], "https://elsewhere/x");
         assert!(!h.contains_key("transfer-encoding"));
+    }
+
+    #[test]
+    fn transfer_encoding_voids_content_length() {
+        let route = route(true);
+        let mut h = headers(&[("content-length", "100"), ("transfer-encoding", "chunked")]);
+        prepare_response(&mut h, &route, None, None);
+        assert!(h.is_empty(), "{h:?}");
+        let mut h = headers(&[("content-length", "100")]);
+        prepare_response(&mut h, &route, None, None);
+        assert_eq!(h["content-length"], "100");
+    }
+
+    #[test]
+    fn cookies_join_and_upgrades_compare() {
+        let mut h = headers(&[("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+
+        let value = HeaderValue::from_static;
+        assert!(same_upgrade(&value("websocket"), &value("WebSocket")));
+        assert!(same_upgrade(
+            &value("foo, websocket/13"),
+            &value("websocket")
+        ));
+        assert!(!same_upgrade(&value("websocket"), &value("h2c")));
+        assert!(!same_upgrade(&value("websocket"), &value("")));
+        assert!(names_h2c(&headers(&[("upgrade", "foo, H2C")])));
+        assert!(!names_h2c(&headers(&[("upgrade", "websocket")])));
     }
 }

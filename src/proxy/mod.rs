@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use tracing::{info, warn};
 
 use self::body::{Streamed, UploadPace, UpstreamBody};
@@ -22,7 +22,7 @@ pub use self::error::ProxyError;
 use self::headers::Forwarding;
 use crate::config::Config;
 use crate::routing::{self, Route, RouteTable};
-use crate::server::ConnectionInfo;
+use crate::server::{ConnectionInfo, MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::upstream::Upstreams;
 
 /// A response body: the upstream's, streamed, or a short one of our own.
@@ -56,19 +56,28 @@ impl Proxy {
     /// (never internal detail) and one log line with route, upstream, peer and reason.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let peer = conn.peer;
-        let started = Instant::now();
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let route = self.routes.find(uri.path());
-        let result = match route {
-            Some(route) => self.forward(route, req, conn).await,
-            None => Err(ProxyError::NoRoute),
-        };
+        let route = self.routes.find(req.uri().path());
         let route_name = route.map_or("-", |r| r.prefix.as_str());
+        let mut access = AccessLog {
+            peer,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            route: route_name,
+            started: Instant::now(),
+            status: None,
+        };
+        headers::join_cookies(req.headers_mut());
+        // Requests that must never pass are refused before routing, so their status does not
+        // depend on whether some route happens to match.
+        let result = match (check_request(&req), route) {
+            (Err(err), _) => Err(err),
+            (Ok(()), Some(route)) => self.forward(route, req, conn).await,
+            (Ok(()), None) => Err(ProxyError::NoRoute),
+        };
         let response = match result {
             Ok(response) => response,
             Err(err) => {
@@ -82,15 +91,7 @@ impl Proxy {
                 error_response(status)
             }
         };
-        info!(
-            target: "trustgate::access",
-            %peer,
-            %method,
-            path = %uri.path(),
-            status = response.status().as_u16(),
-            route = %route_name,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-        );
+        access.status = Some(response.status());
         response
     }
 
@@ -101,7 +102,6 @@ impl Proxy {
         conn: &ConnectionInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let peer = conn.peer;
-        check_request(&req)?;
         // Only HTTP/1.1 can upgrade a connection; HTTP/2 has no Upgrade header.
         let upgrade = if req.version() == Version::HTTP_11 {
             headers::upgrade_requested(req.headers())
@@ -125,6 +125,14 @@ impl Proxy {
             .map_err(|_| ProxyError::UriTooLong)?;
         // The pooled client picks HTTP/2 per connection when the upstream negotiates it.
         parts.version = Version::HTTP_11;
+        // hyper's HTTP/1.1 client sends a GET or HEAD body of unknown length as no body at all
+        // unless chunked framing is asked for (HTTP/2 upstreams drop the header themselves).
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         let (body, sent) = UpstreamBody::new(body, self.upload_pace);
         let request = Request::from_parts(parts, body);
 
@@ -152,20 +160,30 @@ impl Proxy {
             () = answered => return Err(ProxyError::Timeout(self.response_timeout)),
         };
 
+        // hyper checks its HTTP/1.1 buffer limit only when a read leaves the head incomplete,
+        // and a read may fill more than the limit (all spare capacity, larger on a reused
+        // connection): heads up to about twice the limit pass it. This check makes it exact.
+        if headers::head_len(response.headers()) > MAX_REQUEST_HEAD {
+            return Err(ProxyError::HeadTooLarge(""));
+        }
         let mut kept_upgrade = None;
         let mut turn = Some(turn);
-        if let Some(client_upgrade) = client_upgrade
-            && response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(turn) = turn.take()
-        {
-            kept_upgrade = response.headers().get(header::UPGRADE).cloned();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let answered = response.headers().get(header::UPGRADE);
+            let (Some(client_upgrade), Some(requested)) = (client_upgrade, upgrade.as_ref()) else {
+                return Err(unasked_switch(None, answered));
+            };
+            if !answered.is_some_and(|answered| headers::same_upgrade(requested, answered)) {
+                return Err(unasked_switch(Some(requested), answered));
+            }
+            kept_upgrade = answered.cloned();
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             upgrade::tunnel(
                 client_upgrade,
                 upstream_upgrade,
                 upgrade::Tunnel {
                     guard: conn.hold_for_tunnel(),
-                    turn,
+                    turn: turn.take(),
                     idle: self.tunnel_idle,
                     route: route.prefix.to_string(),
                     peer,
@@ -188,33 +206,88 @@ impl Proxy {
     }
 }
 
-/// The host the client asked for: HTTP/2's `:authority` (or an absolute-form target), else the
-/// one `Host` header, which HTTP/1.1 requires (RFC 9112 section 3.2).
+/// The host the client asked for: HTTP/2's `:authority` or an absolute-form target's authority
+/// (which wins over `Host`, RFC 9112 section 3.2.2), else the one `Host` header, which HTTP/1.1
+/// requires (section 3.2). Every source is validated alike: it becomes `X-Forwarded-Host`, and
+/// `Host` with `preserve_host`.
 fn client_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, ProxyError> {
-    if let Some(authority) = parts.uri.authority() {
-        return Ok(HeaderValue::from_str(authority.as_str()).ok());
-    }
     let mut hosts = parts.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
-        (Some(host), None) => {
-            let valid = host
-                .to_str()
-                .ok()
-                .filter(|h| !h.contains('@'))
-                .is_some_and(|h| h.parse::<http::uri::Authority>().is_ok());
-            if valid {
-                Ok(Some(host.clone()))
-            } else {
-                Err(ProxyError::BadRequest(
-                    "the Host header is not a valid host[:port]",
-                ))
-            }
-        }
-        (None, _) if parts.version == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("HTTP/1.1 requires a Host header"))
-        }
-        (None, _) => Ok(None),
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
+        (host, _) => host
+            .map(|h| valid_host(h.as_bytes(), "the Host header is not a valid host[:port]"))
+            .transpose()?,
+    };
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| {
+            valid_host(
+                a.as_str().as_bytes(),
+                "the request target's authority is not a valid host[:port]",
+            )
+        })
+        .transpose()?;
+    if host.is_none() && parts.version == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("HTTP/1.1 requires a Host header"));
+    }
+    if let (Some(authority), Some(host)) = (&authority, &host)
+        && parts.version == Version::HTTP_2
+        && !authority.as_bytes().eq_ignore_ascii_case(host.as_bytes())
+    {
+        // RFC 9113 section 8.3.1: a Host that differs from :authority makes the request malformed.
+        return Err(ProxyError::BadRequest(
+            "the Host header differs from :authority",
+        ));
+    }
+    Ok(authority.or(host))
+}
+
+/// `host[:port]` and nothing else: no userinfo (`user:pw@`), no path, a numeric port.
+fn valid_host(value: &[u8], invalid: &'static str) -> Result<HeaderValue, ProxyError> {
+    let authority = std::str::from_utf8(value)
+        .ok()
+        .filter(|h| !h.contains('@'))
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .filter(|a| a.as_str().len() == a.host().len() || a.port_u16().is_some());
+    authority
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .ok_or(ProxyError::BadRequest(invalid))
+}
+
+/// A 101 the client did not ask for, or to another protocol than it asked for.
+fn unasked_switch(requested: Option<&HeaderValue>, answered: Option<&HeaderValue>) -> ProxyError {
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    ProxyError::UnaskedSwitch {
+        requested: requested.map(text),
+        answered: answered.map_or_else(|| "no protocol".to_owned(), text),
+    }
+}
+
+/// One access-log line per request, written when it is dropped: at the end of
+/// [`Proxy::handle`], or earlier when the client resets its stream or hangs up before the
+/// response, which drops the handler mid-flight and is logged as status 499 ("client closed
+/// request", as nginx has it).
+struct AccessLog<'a> {
+    peer: std::net::SocketAddr,
+    method: http::Method,
+    uri: http::Uri,
+    route: &'a str,
+    started: Instant,
+    status: Option<StatusCode>,
+}
+
+impl Drop for AccessLog<'_> {
+    fn drop(&mut self) {
+        info!(
+            target: "trustgate::access",
+            peer = %self.peer,
+            method = %self.method,
+            path = %self.uri.path(),
+            status = self.status.map_or(499, |s| s.as_u16()),
+            route = %self.route,
+            elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
+        );
     }
 }
 
@@ -227,6 +300,16 @@ fn check_request(req: &Request<Incoming>) -> Result<(), ProxyError> {
     // never read as a request. tests/failures.rs pins that behaviour.
     if req.method() == http::Method::CONNECT {
         return Err(ProxyError::Connect);
+    }
+    // HTTP/1.1 parsing stops at MAX_REQUEST_HEADERS; HTTP/2 only bounds the bytes.
+    let fields = req.headers().len();
+    if fields > MAX_REQUEST_HEADERS {
+        return Err(ProxyError::TooManyHeaders(fields));
+    }
+    if headers::names_h2c(req.headers()) {
+        return Err(ProxyError::BadRequest(
+            "h2c upgrades are refused: HTTP/2 is negotiated by ALPN over TLS",
+        ));
     }
     // Only origin-form targets (and HTTP/2's absolute ones) name a path; `OPTIONS *` does not.
     if !req.uri().path().starts_with('/') {

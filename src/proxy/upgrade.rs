@@ -23,7 +23,7 @@ pub struct Tunnel {
     /// The client connection's admission and the drain watch.
     pub guard: Option<TunnelGuard>,
     /// The client connection's turn at the upstreams.
-    pub turn: OwnedSemaphorePermit,
+    pub turn: Option<OwnedSemaphorePermit>,
     pub idle: Duration,
     pub route: String,
     pub peer: SocketAddr,

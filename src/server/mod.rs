@@ -33,6 +33,10 @@ use crate::proxy::Proxy;
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
+/// Most header fields a request may carry, over HTTP/1.1 and HTTP/2 alike (HTTP/2 `cookie`
+/// fields count once joined); more gets 431.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a client connection may take: counts, and the clocks of [`connection::supervise`].
@@ -96,7 +100,8 @@ impl TlsServer {
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(None)
-            .max_buf_size(MAX_REQUEST_HEAD);
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .max_headers(MAX_REQUEST_HEADERS);
         // Pings find peers that vanished without a FIN.
         http.http2()
             .timer(TokioTimer::new())

@@ -680,3 +680,66 @@ pub async fn assert_echo(tls: &mut Tls, message: &str) {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&buf), format!("echo:{message}"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hand-written backends
+
+/// An HTTPS backend (HTTP/1.1 by ALPN) that answers each request head it reads with whatever
+/// `respond` returns, verbatim: framing no HTTP library would write. Request bodies are not read.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    /// Every request head read, in order.
+    pub heads: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl RawBackend {
+    pub async fn start<F>(cert: &ServerCert, respond: F) -> Self
+    where
+        F: Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(&[b"http/1.1"]));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let respond = Arc::new(respond);
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, seen, respond) = (acceptor.clone(), seen.clone(), respond.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                            buf.drain(..end + 4);
+                            seen.lock().unwrap().push(head.clone());
+                            if tls.write_all(&respond(&head)).await.is_err() {
+                                return;
+                            }
+                        }
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, heads, task }
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
