@@ -9,6 +9,7 @@ use http::StatusCode;
 use rustls::CertificateError;
 use rustls::pki_types::UnixTime;
 
+use crate::tls::verify::Refusal;
 use crate::upstream::{ConnectTimeout, TcpConnectError};
 
 /// A request that did not get an upstream response.
@@ -211,6 +212,8 @@ fn describe_certificate(err: &CertificateError) -> String {
                 .into()
         }
         CertificateError::BadEncoding => "certificate is malformed".into(),
+        // Our own rules beyond path validation say their reason themselves.
+        CertificateError::Other(other) if other.0.is::<Refusal>() => other.0.to_string(),
         other => {
             let detail = format!("{other:?}");
             if detail.contains("CaUsedAsEndEntity") {
@@ -280,6 +283,14 @@ mod tests {
         assert!(describe_certificate(&not_yet).contains("(in 3 hours)"));
         assert!(
             describe_certificate(&CertificateError::UnknownIssuer).starts_with("unknown issuer")
+        );
+        let refused = rustls::Error::from(Refusal::NoExtendedKeyUsage {
+            purpose: crate::tls::verify::Purpose::ServerAuth,
+        });
+        assert_eq!(
+            describe_tls(&refused),
+            "certificate has no extendedKeyUsage extension: a service certificate must carry \
+             serverAuth"
         );
     }
 
