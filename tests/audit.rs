@@ -7,15 +7,16 @@
 //!   public certificates (`cert-expiring`, `cert-expired`), a readable listener key
 //!   (`key-readable`).
 //! - Probe: real TLS backends on loopback presenting good, misnamed, foreign, expired, CA and
-//!   client-only certificates, one certificate or one key shared by two services, and a dead port
-//!   (`upstream-chain`, `upstream-refused`, `upstream-cert-is-ca`, `upstream-no-server-auth`,
-//!   `shared-identity`, `upstream-unreachable`).
+//!   client-only certificates and one without extendedKeyUsage, one certificate or one key shared
+//!   by two services, and a dead port (`upstream-chain`, `upstream-refused`, `upstream-cert-is-ca`,
+//!   `upstream-no-server-auth`, `shared-identity`, `upstream-unreachable`).
 //! - Compose: published backend ports, non-internal networks, the proxy off the internal network, a
 //!   missing proxy service, CA keys and one leaf certificate bind-mounted into services, broken YAML.
 //! - The binary: exit code 1 on a critical finding and 0 when clean, and `--format json`.
 //!
 //! Every test uses its own temp folders and an explicit (empty or crafted) system trust store, so
-//! the machine's /etc/ssl never changes a result.
+//! the machine's /etc/ssl never changes a result (the config loader compares anchors with it too,
+//! but every root here is made by the test).
 
 mod common;
 
@@ -390,7 +391,19 @@ async fn bundle_of_eleven_anchors_looks_public_ten_or_two_do_not() {
 
     write(&bundle, &roots(11));
     let report = setup.audit().await;
-    assert_eq!(ids(&report), ["anchors-look-public"], "{report}");
+    // `trustgate check` refuses the bundle by the same rule, so the config does not load either.
+    assert_eq!(
+        ids(&report),
+        ["anchors-look-public", "config-invalid"],
+        "{report}"
+    );
+    assert_contains(
+        &only(&report, "config-invalid", Severity::Critical).what,
+        &format!(
+            "upstream_tls.ca: {} holds 11 CA certificates",
+            display(&bundle)
+        ),
+    );
     let finding = only(&report, "anchors-look-public", Severity::High);
     assert_contains(
         &finding.what,
@@ -855,6 +868,35 @@ async fn upstream_with_a_client_only_certificate_lacks_server_auth() {
     );
     client_only.join().await;
     server.join().await;
+}
+
+#[tokio::test]
+async fn upstream_whose_certificate_has_no_extended_key_usage_is_refused() {
+    // The probe judges with the proxy's own verifier, rules beyond webpki's included.
+    let setup = Setup::new(API_ROUTE);
+    let no_eku = serve(&setup.pki.leaf_without_eku("backend-api"), "api").await;
+    setup.routes(&route_blocks(&[("/api", "backend-api", &no_eku)]));
+
+    let report = setup.probe().await;
+    assert_eq!(
+        ids(&report),
+        [
+            "upstream-chain",
+            "upstream-no-server-auth",
+            "upstream-refused"
+        ],
+        "{report}"
+    );
+    assert_eq!(
+        only(&report, "upstream-no-server-auth", Severity::High).what,
+        "backend-api's certificate has no extended key usage extension, so no serverAuth"
+    );
+    assert_contains(
+        &only(&report, "upstream-refused", Severity::High).what,
+        "the proxy refuses backend-api: certificate has no extendedKeyUsage extension: a \
+         service certificate must carry serverAuth",
+    );
+    no_eku.join().await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -747,3 +747,182 @@ fn ca_files_must_hold_ca_certificates() {
     let (_, problem) = only_problem(&pki, &edit("ca = \"ca.pem\"", "ca = \"\""));
     assert!(problem.reason.contains("an empty path"), "{problem}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Trust anchors webpki would take but the loader refuses
+
+/// `n` distinct self-signed roots in one PEM bundle.
+fn roots(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            Ca::root(&format!("Bundle Root {i}"), Validity::days(30))
+                .unwrap()
+                .cert_pem()
+        })
+        .collect()
+}
+
+/// The one problem of `BASE` with `ca = "<name>"`, where `name` holds `pem`.
+fn anchor_problem(pki: &TestPki, name: &str, pem: &str) -> (PathBuf, Problem) {
+    write(&pki.path(name), pem);
+    only_problem(pki, &edit("ca = \"ca.pem\"", &format!("ca = \"{name}\"")))
+}
+
+#[test]
+fn expired_root_is_refused_saying_when() {
+    let pki = TestPki::new();
+    let validity = Validity::relative(time::Duration::days(-30), time::Duration::days(-3));
+    let old = Ca::root("Old Root", validity).unwrap();
+    let (path, problem) = anchor_problem(&pki, "old.pem", &old.cert_pem());
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{}: certificate #1 (CN=Old Root) expired 3 days ago (not valid after {}",
+            pki.path("old.pem").display(),
+            trustgate::pki::inspect::rfc3339(validity.not_after)
+        ),
+    );
+}
+
+#[test]
+fn not_yet_valid_root_is_refused_saying_when() {
+    let pki = TestPki::new();
+    let validity = Validity::relative(time::Duration::days(3), time::Duration::days(30));
+    let future = Ca::root("Future Root", validity).unwrap();
+    let (path, problem) = anchor_problem(&pki, "future.pem", &future.cert_pem());
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{}: certificate #1 (CN=Future Root) is not valid yet: valid from {} (in 3 days)",
+            pki.path("future.pem").display(),
+            trustgate::pki::inspect::rfc3339(validity.not_before)
+        ),
+    );
+}
+
+#[test]
+fn root_whose_key_usage_lacks_key_cert_sign_is_refused() {
+    let pki = TestPki::new();
+    // Second in the file, after a good root: the position is named.
+    let pem = pki.root.cert_pem() + &root_without_key_cert_sign("No Signing Root");
+    let (path, problem) = anchor_problem(&pki, "nosign.pem", &pem);
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{}: certificate #2 (CN=No Signing Root) may not sign certificates: its keyUsage \
+             lacks keyCertSign",
+            pki.path("nosign.pem").display()
+        ),
+    );
+}
+
+#[test]
+fn more_than_ten_roots_look_like_a_public_store() {
+    let pki = TestPki::new();
+    let (path, problem) = anchor_problem(&pki, "bundle.pem", &roots(11));
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{} holds 11 CA certificates, more than an internal CA needs (at most 10): this \
+             looks like a public or system trust store",
+            pki.path("bundle.pem").display()
+        ),
+    );
+    // Counted across the files of the array form.
+    write(&pki.path("bundle.pem"), &roots(10));
+    let (_, problem) = only_problem(
+        &pki,
+        &edit("ca = \"ca.pem\"", "ca = [\"ca.pem\", \"bundle.pem\"]"),
+    );
+    assert!(
+        problem.reason.starts_with(&format!(
+            "{}, {} hold 11 CA certificates",
+            pki.path("ca.pem").display(),
+            pki.path("bundle.pem").display()
+        )),
+        "{problem}"
+    );
+    // Ten is the largest bundle that loads.
+    let (_, loaded) = load(&pki, &edit("ca = \"ca.pem\"", "ca = \"bundle.pem\""));
+    assert_eq!(loaded.unwrap().upstream_tls.anchors.len(), 10);
+}
+
+/// The distribution's trust store, or `None` (with a note) on a machine without one.
+fn system_store() -> Option<String> {
+    const STORE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    let store = std::fs::read_to_string(STORE).ok();
+    if store.is_none() {
+        println!("note: {STORE} does not exist here; the system store case is skipped");
+    }
+    store
+}
+
+#[test]
+fn a_copy_of_the_system_trust_store_is_refused() {
+    let Some(store) = system_store() else {
+        return;
+    };
+    let pki = TestPki::new();
+    write(&pki.path("system-copy.pem"), &store);
+    let count = store.matches("-----BEGIN CERTIFICATE-----").count();
+    let (path, problems) = problems(&pki, &edit("ca = \"ca.pem\"", "ca = \"system-copy.pem\""));
+    // The two signs of a public store, not each public root's own flaws (some are expired).
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    let file = pki.path("system-copy.pem").display().to_string();
+    assert_problem(
+        &problems[0],
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!("{file} holds {count} CA certificates"),
+    );
+    assert_problem(
+        &problems[1],
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "and {} more of its certificates are also in the system trust store",
+            count - 1
+        ),
+    );
+}
+
+#[test]
+fn one_root_from_the_system_store_is_refused() {
+    let Some(store) = system_store() else {
+        return;
+    };
+    let pki = TestPki::new();
+    let end = store.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    let pem = format!("{}\n", &store[..end]);
+    let der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    };
+    let (path, problem) = anchor_problem(&pki, "public-root.pem", &pem);
+    assert_problem(
+        &problem,
+        &path,
+        Some(7),
+        "upstream_tls.ca",
+        &format!(
+            "{}: certificate #1 ({}) is also in the system trust store: upstreams are trusted \
+             through the internal CA only",
+            pki.path("public-root.pem").display(),
+            trustgate::tls::subject(&der)
+        ),
+    );
+}

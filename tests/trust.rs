@@ -1,5 +1,6 @@
 //! The trust enforcement point: only certificates from the internal CA, valid now, for the
-//! upstream's service name and for server authentication, get a request through. Everything else
+//! upstream's service name and for server authentication (an extendedKeyUsage naming serverAuth),
+//! through intermediates allowed to sign certificates, get a request through. Everything else
 //! is a 502 whose log line says why, while the client learns nothing internal.
 
 mod common;
@@ -164,6 +165,39 @@ async fn client_auth_only_certificate_is_refused() {
     let line = refused(&pki, &pki.client_only("backend-client"), "backend-client").await;
     assert!(
         line.contains("reason=certificate is not for server authentication"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn leaf_without_extended_key_usage_is_refused() {
+    // webpki takes a leaf with no extendedKeyUsage extension as good for any purpose.
+    let pki = TestPki::new();
+    let line = refused(
+        &pki,
+        &pki.leaf_without_eku("backend-noeku"),
+        "backend-noeku",
+    )
+    .await;
+    assert!(
+        line.contains(
+            "reason=certificate has no extendedKeyUsage extension: a service certificate must \
+             carry serverAuth"
+        ),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn intermediate_without_key_cert_sign_is_refused() {
+    // webpki never reads an issuer's keyUsage; RFC 5280 4.2.1.3 forbids this one to sign.
+    let pki = TestPki::new();
+    let cert = pki.leaf_via_intermediate_without_key_cert_sign("backend-badca");
+    let line = refused(&pki, &cert, "backend-badca").await;
+    assert!(
+        line.contains(
+            r#"reason=intermediate "CN=Test Non-Signing Intermediate" may not sign certificates: its keyUsage lacks keyCertSign"#
+        ),
         "{line}"
     );
 }

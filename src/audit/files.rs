@@ -11,16 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::{Finding, Options, Severity, expiry};
 use crate::config::Config;
 use crate::pki::inspect::CertInfo;
-
-/// Where distributions keep the system trust store.
-const SYSTEM_STORES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// More roots than an internal PKI ever needs: a bundle this large is a public store.
-const MAX_INTERNAL_ANCHORS: usize = 10;
+use crate::tls::anchors::{self, PublicSign, SystemStore};
 
 /// A CA certificate the audit knows of, and the file it came from.
 #[derive(Debug, Clone)]
@@ -173,79 +164,46 @@ pub fn check(
     let folders =
         Config::named_folders(config_path).unwrap_or_else(|_| vec![Config::folder(config_path)]);
     let files = scan(&folders);
-    let anchors: Vec<KnownCa> = config
-        .map(|config| {
-            config
-                .upstream_tls
-                .anchors
+    // The trust bundle, from the loaded config or, when it does not load (a bundle the loader
+    // refuses, say), from the files its TOML names, so the bundle is still judged.
+    let (ca_files, anchor_ders) = match config {
+        Some(config) => (
+            config.upstream_tls.ca_files.clone(),
+            config.upstream_tls.anchors.clone(),
+        ),
+        None => {
+            let ca_files = Config::named_ca_files(config_path).unwrap_or_default();
+            let ders = ca_files
                 .iter()
-                .filter_map(|der| CertInfo::parse(der).ok())
-                .map(|info| KnownCa {
-                    info,
-                    path: config
-                        .upstream_tls
-                        .ca_files
-                        .first()
-                        .cloned()
-                        .unwrap_or_default(),
-                })
-                .collect()
+                .filter_map(|path| crate::tls::load_certs(path).ok())
+                .flatten()
+                .collect();
+            (ca_files, ders)
+        }
+    };
+    let anchors: Vec<KnownCa> = anchor_ders
+        .iter()
+        .filter_map(|der| CertInfo::parse(der).ok())
+        .map(|info| KnownCa {
+            info,
+            path: ca_files.first().cloned().unwrap_or_default(),
         })
-        .unwrap_or_default();
+        .collect();
     let cas = known_cas(&files, &anchors);
     ca_keys(&files, &cas, "in a folder the proxy reads", findings);
     stray_keys(&files, &cas, findings);
+    if !ca_files.is_empty() {
+        public_anchors(&ca_files, &anchor_ders, options, findings);
+    }
 
     let Some(config) = config else {
         return cas;
     };
-    let ca_files = config
-        .upstream_tls
-        .ca_files
+    let ca_files = ca_files
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    if anchors.len() > MAX_INTERNAL_ANCHORS {
-        findings.push(Finding::new(
-            Severity::High,
-            "anchors-look-public",
-            format!(
-                "the upstream trust bundle holds {} CA certificates: internal CA treated like a \
-                 public CA / system trust store copied",
-                anchors.len()
-            ),
-            ca_files.clone(),
-            "put only the internal root (or intermediate) certificate in [upstream_tls].ca",
-        ));
-    }
-    let system = match system_store(options.system_store.as_deref()) {
-        Ok(system) => system,
-        Err(e) => {
-            findings.push(Finding::new(
-                Severity::Medium,
-                "system-store-unreadable",
-                format!("the system trust store given cannot be read ({e}), so anchors were not compared with it"),
-                options.system_store.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-                "pass a readable --system-store, or none to use the distribution's",
-            ));
-            HashSet::new()
-        }
-    };
-    for anchor in anchors.iter().filter(|a| system.contains(&a.info.sha256)) {
-        findings.push(Finding::new(
-            Severity::High,
-            "anchors-look-public",
-            format!(
-                "upstream trust anchor \"{}\" is also in the system trust store: internal CA \
-                 treated like a public CA / system trust store copied",
-                anchor.info.subject
-            ),
-            ca_files.clone(),
-            "trust only the internal CA for upstreams; remove public roots from the bundle",
-        ));
-    }
-
     let public = config.server.cert.display().to_string();
     for (i, der) in config.server.chain.iter().enumerate() {
         if let Ok(info) = CertInfo::parse(der) {
@@ -269,25 +227,58 @@ pub fn check(
     cas
 }
 
-/// Fingerprints of the system trust store's certificates: from `explicit`, which must be
-/// readable, else from whichever of the distributions' stores exist.
-fn system_store(explicit: Option<&Path>) -> std::io::Result<HashSet<String>> {
-    let stores: Vec<Vec<u8>> = match explicit {
-        Some(path) => vec![std::fs::read(path)?],
-        None => SYSTEM_STORES
-            .iter()
-            .filter_map(|path| std::fs::read(path).ok())
-            .collect(),
+/// `anchors-look-public`: the rule `trustgate check` enforces ([`anchors::looks_public`]),
+/// against `--system-store` when given.
+fn public_anchors(
+    ca_files: &[PathBuf],
+    anchors: &[CertificateDer<'static>],
+    options: &Options,
+    findings: &mut Vec<Finding>,
+) {
+    let location = ca_files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let system = match options.system_store.as_deref() {
+        None => SystemStore::distribution(),
+        Some(path) => SystemStore::read(path).unwrap_or_else(|e| {
+            findings.push(Finding::new(
+                Severity::Medium,
+                "system-store-unreadable",
+                format!("the system trust store given cannot be read ({e}), so anchors were not compared with it"),
+                path.display().to_string(),
+                "pass a readable --system-store, or none to use the distribution's",
+            ));
+            SystemStore::default()
+        }),
     };
-    Ok(stores
-        .into_iter()
-        .flat_map(|bytes| {
-            CertificateDer::pem_slice_iter(&bytes)
-                .filter_map(Result::ok)
-                .map(|der| crate::pki::inspect::sha256_hex(&der))
-                .collect::<Vec<_>>()
-        })
-        .collect())
+    for sign in anchors::looks_public(anchors, &system) {
+        let finding = match sign {
+            PublicSign::TooMany { count } => Finding::new(
+                Severity::High,
+                "anchors-look-public",
+                format!(
+                    "the upstream trust bundle holds {count} CA certificates: internal CA \
+                     treated like a public CA / system trust store copied"
+                ),
+                location.clone(),
+                "put only the internal root (or intermediate) certificate in [upstream_tls].ca",
+            ),
+            PublicSign::InSystemStore { index } => Finding::new(
+                Severity::High,
+                "anchors-look-public",
+                format!(
+                    "upstream trust anchor \"{}\" is also in the system trust store: internal CA \
+                     treated like a public CA / system trust store copied",
+                    crate::tls::subject(&anchors[index])
+                ),
+                location.clone(),
+                "trust only the internal CA for upstreams; remove public roots from the bundle",
+            ),
+        };
+        findings.push(finding);
+    }
 }
 
 /// A private key that belongs to no certificate found near the proxy: it serves nothing here,

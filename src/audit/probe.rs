@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
@@ -20,6 +19,7 @@ use crate::config::Config;
 use crate::pki::inspect::CertInfo;
 use crate::proxy::error::describe;
 use crate::routing::Route;
+use crate::tls::verify::ServerVerifier;
 
 /// What probing one upstream found.
 struct Probed {
@@ -91,11 +91,15 @@ pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>)
                         "issue {host} its own leaf: trustgate pki issue --ca CADIR --name {host}"
                     ),
                 ));
-            } else if leaf.server_auth == Some(false) {
+            } else if leaf.server_auth != Some(true) {
+                let what = match leaf.server_auth {
+                    None => "has no extended key usage extension, so no serverAuth",
+                    Some(_) => "lacks the serverAuth extended key usage",
+                };
                 findings.push(Finding::new(
                     Severity::High,
                     "upstream-no-server-auth",
-                    format!("{host}'s certificate lacks the serverAuth extended key usage"),
+                    format!("{host}'s certificate {what}"),
                     location.clone(),
                     format!(
                         "issue a server certificate: trustgate pki issue --ca CADIR --name {host}"
@@ -153,7 +157,7 @@ fn shared(host: &str, other: &str, what: &str, location: &str) -> Finding {
     )
 }
 
-async fn probe(route: &Route, verifier: Arc<WebPkiServerVerifier>, config: &Config) -> Probed {
+async fn probe(route: &Route, verifier: Arc<ServerVerifier>, config: &Config) -> Probed {
     let recorder = Arc::new(Recorder {
         inner: verifier,
         chain: Mutex::default(),
@@ -228,7 +232,7 @@ fn target(host: &str, port: u16, address: Option<SocketAddr>) -> String {
 /// Records the presented chain, then lets the proxy's verifier decide.
 #[derive(Debug)]
 struct Recorder {
-    inner: Arc<WebPkiServerVerifier>,
+    inner: Arc<ServerVerifier>,
     chain: Mutex<Vec<CertificateDer<'static>>>,
 }
 

@@ -161,15 +161,7 @@ impl Config {
     /// file), read from the TOML alone so it works before those files exist. The PKI commands
     /// refuse to write CA keys into any of them, so a CA key can never be mounted into the proxy.
     pub fn named_folders(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-        let text = read(path)?;
-        let file = toml::from_str::<ConfigFile>(&text).map_err(|e| ConfigError {
-            problems: vec![Problem {
-                file: path.into(),
-                line: e.span().map(|span| line_of(&text, span.start)),
-                key: e.span().and_then(|span| key_at(&text, span.start)),
-                reason: e.message().trim().to_owned(),
-            }],
-        })?;
+        let file = parse_only(path)?;
         let dir = Self::folder(path);
         let named = [file.server.cert.get_ref(), file.server.key.get_ref()]
             .into_iter()
@@ -183,6 +175,23 @@ impl Config {
             }
         }
         Ok(folders)
+    }
+
+    /// The `[upstream_tls] ca` files a config file names, resolved, read from the TOML alone: the
+    /// audit judges the trust bundle even when the config does not load.
+    pub fn named_ca_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+        let file = parse_only(path)?;
+        // Resolved as the loader does, so the audit names them the same either way.
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(file
+            .upstream_tls
+            .ca
+            .get_ref()
+            .as_slice()
+            .iter()
+            .filter(|raw| !raw.trim().is_empty())
+            .map(|raw| dir.join(raw))
+            .collect())
     }
 
     /// The folder of a config file: its relative paths start there (`.` for a bare file name).
@@ -301,8 +310,7 @@ impl Loader<'_> {
             );
             return None;
         }
-        let mut ca_files = Vec::new();
-        let mut anchors = Vec::new();
+        let mut bundle = Vec::new();
         let mut complete = true;
         for raw in files {
             if raw.trim().is_empty() {
@@ -316,14 +324,23 @@ impl Loader<'_> {
             }
             let path = self.resolve(raw);
             match self.check(&table.ca, "upstream_tls.ca", tls::load_ca_certs(&path)) {
-                Some(certs) => anchors.extend(certs),
+                Some(certs) => bundle.push((path, certs)),
                 None => complete = false,
             }
-            ca_files.push(path);
         }
         if !complete {
             return None;
         }
+        let system = tls::anchors::SystemStore::distribution();
+        let errors = tls::anchors::judge(&bundle, &system, time::OffsetDateTime::now_utc());
+        if !errors.is_empty() {
+            for error in errors {
+                self.report(Some(table.ca.span()), Some("upstream_tls.ca".into()), error);
+            }
+            return None;
+        }
+        let (ca_files, anchors): (Vec<_>, Vec<_>) = bundle.into_iter().unzip();
+        let anchors: Vec<_> = anchors.into_iter().flatten().collect();
         let client = tls::client::config(&anchors);
         let client = self.check(&table.ca, "upstream_tls.ca", client)?;
         Some(UpstreamTls {
@@ -575,6 +592,19 @@ fn read(path: &Path) -> Result<String, ConfigError> {
             line: None,
             key: None,
             reason: format!("cannot read the config file: {e}"),
+        }],
+    })
+}
+
+/// Parses `path` without checking values or loading the files it names.
+fn parse_only(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = read(path)?;
+    toml::from_str::<ConfigFile>(&text).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: path.into(),
+            line: e.span().map(|span| line_of(&text, span.start)),
+            key: e.span().and_then(|span| key_at(&text, span.start)),
+            reason: e.message().trim().to_owned(),
         }],
     })
 }

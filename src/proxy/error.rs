@@ -11,6 +11,7 @@ use rustls::pki_types::UnixTime;
 
 use crate::server::admission::is_resource_exhaustion;
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+use crate::tls::verify::Refusal;
 use crate::upstream::{ConnectTimeout, TcpConnectError};
 
 /// A request that did not get an upstream response.
@@ -274,6 +275,8 @@ fn describe_certificate(err: &CertificateError) -> String {
                 .into()
         }
         CertificateError::BadEncoding => "certificate is malformed".into(),
+        // Our own rules beyond path validation say their reason themselves.
+        CertificateError::Other(other) if other.0.is::<Refusal>() => other.0.to_string(),
         other => {
             let detail = format!("{other:?}");
             if detail.contains("CaUsedAsEndEntity") {
@@ -343,6 +346,14 @@ mod tests {
         assert!(describe_certificate(&not_yet).contains("(in 3 hours)"));
         assert!(
             describe_certificate(&CertificateError::UnknownIssuer).starts_with("unknown issuer")
+        );
+        let refused = rustls::Error::from(Refusal::NoExtendedKeyUsage {
+            purpose: crate::tls::verify::Purpose::ServerAuth,
+        });
+        assert_eq!(
+            describe_tls(&refused),
+            "certificate has no extendedKeyUsage extension: a service certificate must carry \
+             serverAuth"
         );
     }
 

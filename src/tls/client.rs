@@ -2,13 +2,16 @@
 //!
 //! The root store starts empty and holds exactly the certificates of `[upstream_tls].ca`. No
 //! system or webpki roots exist in this build (hyper-rustls is compiled without those features),
-//! and there is no verifier that skips checks: chain, validity and name are always verified.
+//! and there is no verifier that skips checks: chain, validity and name are always verified, and
+//! [`super::verify`] adds the rules webpki leaves out (serverAuth required, issuers' keyCertSign).
 
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
+
+use super::verify::ServerVerifier;
 
 /// Why the trust anchors could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -29,15 +32,17 @@ pub enum TrustError {
 pub fn config(anchors: &[CertificateDer<'static>]) -> Result<ClientConfig, TrustError> {
     Ok(ClientConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_webpki_verifier(verifier(anchors)?)
+        // `dangerous()` is rustls's only door for a custom verifier; ours delegates every webpki
+        // check and only adds refusals.
+        .dangerous()
+        .with_custom_certificate_verifier(verifier(anchors)?)
         .with_no_client_auth())
 }
 
 /// The verifier every upstream connection (and `trustgate audit --probe`) uses: chain to one of
-/// `anchors`, valid now, valid for the server name.
-pub fn verifier(
-    anchors: &[CertificateDer<'static>],
-) -> Result<Arc<WebPkiServerVerifier>, TrustError> {
+/// `anchors`, valid now, valid for the server name, for serverAuth, issued by intermediates that
+/// may sign certificates.
+pub fn verifier(anchors: &[CertificateDer<'static>]) -> Result<Arc<ServerVerifier>, TrustError> {
     let mut roots = RootCertStore::empty();
     for (index, anchor) in anchors.iter().enumerate() {
         roots
@@ -50,7 +55,8 @@ pub fn verifier(
     if roots.is_empty() {
         return Err(TrustError::Empty);
     }
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), super::provider())
         .build()
-        .map_err(|e| TrustError::Verifier(e.to_string()))
+        .map_err(|e| TrustError::Verifier(e.to_string()))?;
+    Ok(Arc::new(ServerVerifier::new(webpki, anchors.to_vec())))
 }

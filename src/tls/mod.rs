@@ -2,10 +2,14 @@
 //! of private keys where only public certificates belong.
 //!
 //! All rustls configs are built in this module ([`server`] for the public listener, [`client`] for
-//! upstreams), always with the provider passed explicitly, never a process-wide default.
+//! upstreams), always with the provider passed explicitly, never a process-wide default. What may
+//! be a trust anchor is [`anchors`]' concern; the certificate rules added to webpki's are
+//! [`verify`]'s.
 
+pub mod anchors;
 pub mod client;
 pub mod server;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -40,22 +44,6 @@ pub enum PemError {
     NoCertificate { path: PathBuf },
     #[error("{} holds no private key (expected a PKCS#8, PKCS#1 or SEC1 PEM block)", path.display())]
     NoKey { path: PathBuf },
-    #[error("{}: certificate #{index} cannot be parsed: {reason}", path.display())]
-    BadCertificate {
-        path: PathBuf,
-        index: usize,
-        reason: String,
-    },
-    #[error(
-        "{}: certificate #{index} ({subject}) is not a CA certificate; [upstream_tls].ca must hold \
-         the internal CA's certificate, which then vouches for every service's own certificate",
-        path.display()
-    )]
-    NotCa {
-        path: PathBuf,
-        index: usize,
-        subject: String,
-    },
     #[error(
         "{} holds a PRIVATE KEY block: CA private keys never belong on the proxy; \
          keep only the CA's public certificate in this file and the key offline",
@@ -71,30 +59,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError>
 }
 
 /// Reads trust anchors: like [`load_certs`], but a file that also holds a private key is refused,
-/// since a CA key next to the proxy defeats the point of an offline CA, and so is a certificate
-/// that is not a CA (a pinned leaf would silently stop working at its renewal).
+/// since a CA key next to the proxy defeats the point of an offline CA. Whether each certificate
+/// may be an anchor, and the bundle as a whole, is [`anchors`]' to judge.
 pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let bytes = read(path)?;
     if holds_private_key(&bytes) {
         return Err(PemError::HoldsPrivateKey { path: path.into() });
     }
-    let certs = parse_certs(path, &bytes)?;
-    for (i, cert) in certs.iter().enumerate() {
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(cert).map_err(|e| PemError::BadCertificate {
-                path: path.into(),
-                index: i + 1,
-                reason: e.to_string(),
-            })?;
-        if !parsed.is_ca() {
-            return Err(PemError::NotCa {
-                path: path.into(),
-                index: i + 1,
-                subject: parsed.subject().to_string(),
-            });
-        }
-    }
-    Ok(certs)
+    parse_certs(path, &bytes)
 }
 
 /// Reads the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).

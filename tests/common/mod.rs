@@ -198,6 +198,37 @@ impl TestPki {
             .with_chain_of(&own)
     }
 
+    /// A leaf from the internal intermediate with no extendedKeyUsage extension at all (what
+    /// `openssl x509 -req` makes without an extensions file): webpki takes it for any purpose.
+    pub fn leaf_without_eku(&self, name: &str) -> ServerCert {
+        let mut params = rcgen_params(name, false);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let mut signed = rcgen_sign(params, &rcgen_issuer(&self.intermediate));
+        signed.chain.push(self.intermediate.cert().clone());
+        signed.chain_pem.push_str(&self.intermediate.cert_pem());
+        signed
+    }
+
+    /// A leaf for `name` issued by an intermediate (under the internal root) whose keyUsage has
+    /// no keyCertSign; the chain is leaf + that intermediate.
+    pub fn leaf_via_intermediate_without_key_cert_sign(&self, name: &str) -> ServerCert {
+        let mut params = rcgen_params("Test Non-Signing Intermediate", true);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &rcgen_issuer(&self.root)).unwrap();
+        let issuer = rcgen::Issuer::new(params, key);
+        let mut leaf = rcgen_params(name, false);
+        leaf.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let mut signed = rcgen_sign(leaf, &issuer);
+        signed.chain.push(cert.der().clone());
+        signed.chain_pem.push_str(&cert.pem());
+        signed
+    }
+
     /// Client TLS config trusting the public CA, offering `alpn`.
     pub fn client_tls(&self, alpn: &[&[u8]]) -> ClientConfig {
         let mut roots = RootCertStore::empty();
@@ -219,6 +250,62 @@ impl ServerCert {
         self.chain_pem = ca.cert_pem();
         self.key_pem = ca.key_pem();
         self
+    }
+}
+
+/// A self-signed CA certificate (PEM) whose keyUsage has no keyCertSign: RFC 5280 forbids it to
+/// sign certificates, though webpki would take it as an anchor.
+pub fn root_without_key_cert_sign(common_name: &str) -> String {
+    let mut params = rcgen_params(common_name, true);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+/// rcgen parameters for certificates `trustgate::pki` never makes: a CA (path length 0)
+/// or a leaf named `name`, valid 30 days, with no key usages yet.
+fn rcgen_params(name: &str, ca: bool) -> rcgen::CertificateParams {
+    let sans = if ca {
+        Vec::new()
+    } else {
+        vec![name.to_owned()]
+    };
+    let mut params = rcgen::CertificateParams::new(sans).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.is_ca = if ca {
+        rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0))
+    } else {
+        rcgen::IsCa::ExplicitNoCa
+    };
+    let validity = Validity::days(30);
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+/// `ca` as an rcgen issuer, to sign what `trustgate::pki` would not.
+fn rcgen_issuer(ca: &Ca) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
+    rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem(), key).unwrap()
+}
+
+/// Signs `params` with a fresh key; the chain holds the new certificate alone.
+fn rcgen_sign(
+    params: rcgen::CertificateParams,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> ServerCert {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    ServerCert {
+        chain: vec![cert.der().clone()],
+        chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     }
 }
 
