@@ -9,8 +9,9 @@
 //! that says why. Verification cannot be switched off; there is no code path that skips it.
 //!
 //! # Request lifecycle
-//! 1. [`server`] accepts TCP, runs the public TLS handshake under a timeout and serves HTTP/1.1 or
-//!    HTTP/2 on the connection.
+//! 1. [`server`] admits the connection ([`server::admission`]: the `max_connections` permit, the
+//!    per-IP share), runs the public TLS handshake and serves HTTP/1.1 or HTTP/2 on it, while
+//!    [`server::connection`]'s watchdog closes it when the client stalls, idles or stops reading.
 //! 2. [`proxy::Proxy::handle`] picks the route ([`routing`]), rewrites the path and headers
 //!    ([`proxy::headers`]) and sends the request through the pooled upstream client ([`upstream`]).
 //! 3. The response streams back; failures become a status code in one place ([`proxy::error`]).

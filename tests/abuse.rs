@@ -356,6 +356,10 @@ async fn one_host_cannot_take_every_connection() {
         assert!(tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_err());
     }
     ordinary_client_is_served(&pki, &proxy).await;
+    let line = logs()
+        .line_with(&["per-IP connection limit reached", "127.0.0.1"])
+        .await;
+    assert!(line.contains("WARN"), "{line}");
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
@@ -530,4 +534,82 @@ async fn out_of_descriptors_is_a_503_and_the_proxy_recovers() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A response body fed by a channel, one frame per message.
+struct Channel(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl HttpBody for Channel {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|data| data.map(|d| Ok(Frame::data(d))))
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_connections_upstream_turns_wait_then_get_503() {
+    let pki = TestPki::new();
+    // `/drip` sends a byte every 150 ms for 1.5 s: an upstream exchange that stays busy.
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, |req, _| async move {
+        if req.uri().path() != "/drip" {
+            return Response::new(full("ok"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if tx.send(Bytes::from_static(b".")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Response::new(http_body_util::BodyExt::boxed(Channel(rx)))
+    })
+    .await;
+    let proxy = proxy_to(
+        &pki,
+        &backend,
+        "[timeouts]\nresponse = \"500ms\"\n\n[limits]\nupstream_per_connection = 1\n",
+    )
+    .await;
+    let (mut send, _connection, _) = h2_client(&pki, proxy.addr, 65_535).await;
+    let drip = Request::get("https://localhost/api/drip").body(()).unwrap();
+    let (dripping, _) = send.send_request(drip, true).unwrap();
+    let dripping = dripping.await.unwrap();
+    assert_eq!(dripping.status(), StatusCode::OK);
+
+    // The connection's one turn is taken by the drip: the next request waits, then gets 503.
+    send = send.ready().await.unwrap();
+    let started = Instant::now();
+    let ok = Request::get("https://localhost/api/ok").body(()).unwrap();
+    let (waiting, _) = send.send_request(ok, true).unwrap();
+    assert_eq!(
+        waiting.await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    logs()
+        .line_with(&["status=503", "upstream_per_connection"])
+        .await;
+
+    // Once the drip has been read to its end, the turn is free again.
+    let mut body = dripping.into_body();
+    let mut dots = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        dots += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    assert_eq!(dots, 10);
+    send = send.ready().await.unwrap();
+    let ok = Request::get("https://localhost/api/ok").body(()).unwrap();
+    let (served, _) = send.send_request(ok, true).unwrap();
+    assert_eq!(served.await.unwrap().status(), StatusCode::OK);
 }

@@ -162,6 +162,44 @@ async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
 }
 
 #[tokio::test]
+async fn upstream_that_stops_mid_body_has_the_response_aborted() {
+    let pki = TestPki::new();
+    // Promises 100 bytes, sends 5, then keeps the connection open and silent.
+    let backend = RawBackend::start(&pki.leaf(&["backend-api"]), |_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello".to_vec()
+    })
+    .await;
+    let upstream = format!("https://backend-api:{}/", backend.addr.port());
+    let proxy = Proxy::start(
+        &pki,
+        &format!(
+            "[timeouts]\nresponse = \"300ms\"\n\n{}",
+            route_at("/", &upstream, backend.addr)
+        ),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answer = raw_exchange(
+        &pki,
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the client was held for {:?}",
+        started.elapsed()
+    );
+    let line = logs().line_with(&["response aborted", "route=/"]).await;
+    assert!(
+        line.contains("the upstream sent no response body data for 300ms"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn smuggling_attempts_never_reach_the_upstream() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;

@@ -161,21 +161,53 @@ pub fn is_resource_exhaustion(error: &io::Error) -> bool {
     }
 }
 
-/// Backoff and log throttling for failing `accept` calls: out of descriptors, accept fails at once
-/// again and again, so the loop sleeps (10 ms doubling to 1 s) and logs one line per 10 s.
+/// One log line per period for an event that can repeat thousands of times a second (a flood
+/// must not become a log flood).
+#[derive(Debug)]
+pub struct Throttle {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub fn every(period: Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Counts one event; `Some(events left unlogged since the last line)` when this one is to be
+    /// logged.
+    pub fn hit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < self.period)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Backoff for failing `accept` calls: out of descriptors, accept fails at once again and again,
+/// so the loop sleeps (10 ms doubling to 1 s) and logs one line per 10 s.
 #[derive(Debug)]
 pub struct AcceptErrors {
     backoff: Duration,
-    last_warning: Option<Instant>,
-    suppressed: u64,
+    log: Throttle,
 }
 
 impl Default for AcceptErrors {
     fn default() -> Self {
         Self {
             backoff: Self::FIRST,
-            last_warning: None,
-            suppressed: 0,
+            log: Throttle::every(Duration::from_secs(10)),
         }
     }
 }
@@ -183,25 +215,16 @@ impl Default for AcceptErrors {
 impl AcceptErrors {
     const FIRST: Duration = Duration::from_millis(10);
     const MAX: Duration = Duration::from_secs(1);
-    const LOG_EVERY: Duration = Duration::from_secs(10);
 
     /// Records a failure; returns how long to wait before accepting again.
     pub fn failed(&mut self, error: &io::Error) -> Duration {
-        let now = Instant::now();
-        if self
-            .last_warning
-            .is_none_or(|at| now.duration_since(at) >= Self::LOG_EVERY)
-        {
+        if let Some(suppressed) = self.log.hit() {
             warn!(
                 %error,
-                suppressed = self.suppressed,
+                suppressed,
                 out_of_resources = is_resource_exhaustion(error),
                 "accept failed; backing off (further failures are counted, logged every 10s)"
             );
-            self.last_warning = Some(now);
-            self.suppressed = 0;
-        } else {
-            self.suppressed += 1;
         }
         let wait = self.backoff;
         self.backoff = (self.backoff * 2).min(Self::MAX);
@@ -252,7 +275,7 @@ mod tests {
         assert_eq!(waits[0], Duration::from_millis(10));
         assert_eq!(waits[1], Duration::from_millis(20));
         assert_eq!(waits[9], Duration::from_secs(1));
-        assert_eq!(errors.suppressed, 9);
+        assert_eq!(errors.log.suppressed, 9);
         errors.succeeded();
         assert_eq!(errors.failed(&emfile), Duration::from_millis(10));
     }

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use self::admission::{AcceptErrors, Admission, PerIp};
+use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
 use self::connection::{Activity, Clocks, Tracked, Verdict, Watched};
 pub use self::connection::{ConnectionInfo, TunnelGuard};
 use crate::config::{Config, Limits, Timeouts};
@@ -138,6 +138,7 @@ impl TlsServer {
         // Every connection and tunnel holds a receiver: `closed()` tells when all have ended.
         let (draining, drain) = watch::channel(false);
         let mut accept_errors = AcceptErrors::default();
+        let mut per_ip_refusals = Throttle::every(Duration::from_secs(10));
         tokio::pin!(shutdown);
         loop {
             if connections.available_permits() == 0 {
@@ -166,7 +167,10 @@ impl TlsServer {
                 },
             };
             let Some(ip_share) = per_ip.admit(peer.ip()) else {
-                debug!(%peer, "per-IP connection limit reached ([limits] max_connections_per_ip); closing");
+                if let Some(suppressed) = per_ip_refusals.hit() {
+                    warn!(%peer, suppressed, "per-IP connection limit reached ([limits] \
+                        max_connections_per_ip); closing (further refusals are counted, logged every 10s)");
+                }
                 continue;
             };
             let connection = Connection {
