@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,8 +19,10 @@ use std::time::Duration;
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
@@ -101,7 +104,7 @@ impl Connector {
 pub struct ConnectTimeout(pub Duration);
 
 impl Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<TcpStream>>;
+    type Response = MaybeHttpsStream<TokioIo<WriteGuarded>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -133,6 +136,8 @@ pub struct TcpConnectError {
 /// Plain TCP to the upstream: the route's fixed `address` if it has one, else DNS.
 #[derive(Clone, Debug)]
 pub struct TcpConnector {
+    /// How long a write to the upstream may wait for the upstream to read.
+    write_limit: Duration,
     /// `(host, port)` of an upstream URL -> the address to dial instead of resolving the host.
     fixed: Arc<HashMap<(String, u16), SocketAddr>>,
 }
@@ -148,13 +153,16 @@ impl TcpConnector {
             })
             .collect();
         Self {
+            // The same bound as for the upstream's answer: an upstream that neither reads nor
+            // answers for that long is not coming back.
+            write_limit: config.timeouts.response,
             fixed: Arc::new(fixed),
         }
     }
 }
 
 impl Service<Uri> for TcpConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<WriteGuarded>;
     type Error = TcpConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, TcpConnectError>> + Send>>;
 
@@ -171,6 +179,7 @@ impl Service<Uri> for TcpConnector {
             .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(443);
         let fixed = self.fixed.get(&(host.clone(), port)).copied();
+        let write_limit = self.write_limit;
         Box::pin(async move {
             let (target, connected) = match fixed {
                 Some(address) => (
@@ -185,7 +194,99 @@ impl Service<Uri> for TcpConnector {
             let stream = connected.map_err(|source| TcpConnectError { target, source })?;
             // Small proxied requests must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(WriteGuarded {
+                inner: stream,
+                limit: write_limit,
+                stall: None,
+            }))
         })
+    }
+}
+
+/// An upstream that stopped reading what the proxy writes (its receive window stayed closed).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream stopped reading what the proxy sends ({} without progress)", humantime::format_duration(*.0))]
+pub struct WriteStalled(pub Duration);
+
+/// A TCP connection to an upstream whose writes fail once the upstream has read nothing for
+/// `limit`: a stuck upstream cannot hold the connection, and the client's request body being
+/// sent on it, forever. The timer lives inside `poll_write`, so the blocked writer is woken to
+/// fail; it costs nothing while writes go through.
+#[derive(Debug)]
+pub struct WriteGuarded {
+    inner: TcpStream,
+    limit: Duration,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteGuarded {
+    fn guard(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if written.is_ready() {
+            self.stall = None;
+            return written;
+        }
+        let limit = self.limit;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                WriteStalled(limit),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteGuarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteGuarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.guard(cx, written)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.guard(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Connection for WriteGuarded {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
     }
 }

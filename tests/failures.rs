@@ -200,6 +200,70 @@ async fn upstream_that_stops_mid_body_has_the_response_aborted() {
 }
 
 #[tokio::test]
+async fn upstream_that_stops_reading_the_upload_is_a_504() {
+    let pki = TestPki::new();
+    let cert = pki.leaf(&["backend-api"]);
+    // A TLS backend that reads the request head, then neither reads nor answers.
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(H1));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 4096];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    let upstream = format!("https://backend-api:{}/", addr.port());
+    let proxy = Proxy::start(
+        &pki,
+        &format!(
+            "[timeouts]\nresponse = \"400ms\"\nclient_header = \"1s\"\n\n{}",
+            route_at("/", &upstream, addr)
+        ),
+    )
+    .await;
+    // 256 MiB, more than the socket buffers on the way hold, sent as fast as the proxy takes it.
+    let size = 256 << 20;
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut read, mut write) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let answer = read_until_close(&mut read, Duration::from_secs(10)).await;
+    writer.abort();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the client was held"
+    );
+    let line = logs()
+        .line_with(&[&format!("upstream={upstream}"), "status=504"])
+        .await;
+    assert!(
+        line.contains("the upstream stopped reading the request body"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
 async fn smuggling_attempts_never_reach_the_upstream() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;

@@ -11,6 +11,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -53,12 +55,43 @@ pub struct UpstreamBody {
     received: u64,
     /// Fired once the body has been sent in full (or dropped by the client library).
     sent: Option<oneshot::Sender<()>>,
+    /// Counts polls, so [`UploadWatch`] sees whether the upload moves at all.
+    polls: Arc<AtomicU64>,
+}
+
+/// Watches an upload from the request path: done once the body has been sent.
+#[derive(Debug)]
+pub struct UploadWatch {
+    sent: oneshot::Receiver<()>,
+    polls: Arc<AtomicU64>,
+}
+
+impl UploadWatch {
+    /// Completes once the body has been sent; fails when it has not been polled for `limit`
+    /// (between `limit` and twice that): the upstream stopped reading it. A client that stops
+    /// sending is caught sooner, by [`UploadPace`], whose timer wakes the poller.
+    pub async fn sent(mut self, limit: Duration) -> Result<(), Duration> {
+        let mut seen = self.polls.load(Relaxed);
+        loop {
+            tokio::select! {
+                _ = &mut self.sent => return Ok(()),
+                () = tokio::time::sleep(limit) => {
+                    let now = self.polls.load(Relaxed);
+                    if now == seen {
+                        return Err(limit);
+                    }
+                    seen = now;
+                }
+            }
+        }
+    }
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; the receiver completes once the body has been sent.
-    pub fn new(inner: Incoming, pace: UploadPace) -> (Self, oneshot::Receiver<()>) {
+    /// Wraps `inner`, with the watch that tells when it has been sent.
+    pub fn new(inner: Incoming, pace: UploadPace) -> (Self, UploadWatch) {
         let (sent, sent_rx) = oneshot::channel();
+        let polls = Arc::new(AtomicU64::new(0));
         let mut body = Self {
             inner,
             pace,
@@ -66,12 +99,17 @@ impl UpstreamBody {
             credit: 0,
             received: 0,
             sent: Some(sent),
+            polls: polls.clone(),
         };
         // An empty body (a GET) may never be polled: it counts as sent right away.
         if body.inner.is_end_stream() {
             body.finish();
         }
-        (body, sent_rx)
+        let watch = UploadWatch {
+            sent: sent_rx,
+            polls,
+        };
+        (body, watch)
     }
 
     fn finish(&mut self) {
@@ -101,6 +139,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        this.polls.fetch_add(1, Relaxed);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, |d| d.remaining() as u64);

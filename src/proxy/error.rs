@@ -12,7 +12,7 @@ use rustls::pki_types::UnixTime;
 use crate::server::admission::is_resource_exhaustion;
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::tls::verify::Refusal;
-use crate::upstream::{ConnectTimeout, TcpConnectError};
+use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled};
 
 /// A request that did not get an upstream response.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,11 @@ pub enum ProxyError {
         humantime::format_duration(*.0)
     )]
     Timeout(Duration),
+    #[error(
+        "the upstream stopped reading the request body ({} without progress)",
+        humantime::format_duration(*.0)
+    )]
+    UploadNotRead(Duration),
     /// The client connection already has `[limits] upstream_per_connection` requests at the
     /// upstreams, and none finished in time.
     #[error(
@@ -80,7 +85,7 @@ impl ProxyError {
             Self::Upstream(_) | Self::HeadTooLarge(_) | Self::UnaskedSwitch { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Timeout(_) | Self::UploadNotRead(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Busy(_) | Self::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -99,6 +104,13 @@ impl ProxyError {
                 .is_some_and(|connect| is_resource_exhaustion(&connect.source))
             {
                 return Self::OutOfResources(err);
+            }
+            if let Some(stalled) = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<WriteStalled>())
+            {
+                return Self::UploadNotRead(stalled.0);
             }
             if let Some(how) = head_too_large(e) {
                 return Self::HeadTooLarge(how);

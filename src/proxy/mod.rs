@@ -133,7 +133,7 @@ impl Proxy {
                 HeaderValue::from_static("chunked"),
             );
         }
-        let (body, sent) = UpstreamBody::new(body, self.upload_pace);
+        let (body, upload) = UpstreamBody::new(body, self.upload_pace);
         let request = Request::from_parts(parts, body);
 
         // HTTP/2 carries the host in :authority, which must stay the service name the
@@ -152,12 +152,15 @@ impl Proxy {
         // The response timeout runs from the moment the request body has been sent in full, so
         // a long upload is not mistaken for a slow upstream.
         let answered = async {
-            let _ = sent.await;
+            if let Err(waited) = upload.sent(self.response_timeout).await {
+                return ProxyError::UploadNotRead(waited);
+            }
             tokio::time::sleep(self.response_timeout).await;
+            ProxyError::Timeout(self.response_timeout)
         };
         let mut response = tokio::select! {
             result = client.request(request) => result.map_err(ProxyError::exchange)?,
-            () = answered => return Err(ProxyError::Timeout(self.response_timeout)),
+            timed_out = answered => return Err(timed_out),
         };
 
         // hyper checks its HTTP/1.1 buffer limit only when a read leaves the head incomplete,

@@ -199,8 +199,7 @@ impl Activity {
             }
             let deadline = since - 1 + client_send;
             if deadline <= now {
-                if sending.abandon() {
-                    self.abandoned.fetch_add(1, Relaxed);
+                if sending.abandon(&self.abandoned) {
                     tracing::info!(
                         waited = %humantime::format_duration(Duration::from_millis(client_send)),
                         "the client stopped reading a response ([timeouts] client_send); \
@@ -330,8 +329,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 trait Sending: Send + Sync {
     /// Since when (ms + 1) it waits for the client to take data; 0 while it is not waiting.
     fn waiting_since(&self) -> u64;
-    /// Drops the body (and the upstream exchange behind it); false if already abandoned.
-    fn abandon(&self) -> bool;
+    /// Drops the body (and the upstream exchange behind it) and counts it in `abandoned`;
+    /// false if already abandoned.
+    fn abandon(&self, abandoned: &AtomicUsize) -> bool;
 }
 
 struct Shared<B> {
@@ -344,9 +344,15 @@ impl<B: Send> Sending for Shared<B> {
         self.waiting_since.load(Relaxed)
     }
 
-    fn abandon(&self) -> bool {
-        let body = self.body.lock().unwrap_or_else(|e| e.into_inner()).take();
-        body.is_some()
+    fn abandon(&self, abandoned: &AtomicUsize) -> bool {
+        // Counted under the lock that `Tracked::drop` takes to uncount it: the two never cross.
+        let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = body.take();
+        if taken.is_some() {
+            abandoned.fetch_add(1, Relaxed);
+        }
+        drop(body);
+        taken.is_some()
     }
 }
 
