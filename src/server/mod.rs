@@ -9,6 +9,7 @@ pub mod connection;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,6 +176,7 @@ impl TlsServer {
             };
             let connection = Connection {
                 tcp,
+                peer,
                 accepted: Instant::now(),
                 admission: Admission::new(permit, ip_share),
                 acceptor: self.acceptor.clone(),
@@ -203,6 +205,7 @@ impl TlsServer {
 /// One accepted client connection, before its TLS handshake.
 struct Connection {
     tcp: TcpStream,
+    peer: SocketAddr,
     accepted: Instant,
     admission: Arc<Admission>,
     acceptor: TlsAcceptor,
@@ -221,6 +224,7 @@ impl Connection {
     {
         let Self {
             tcp,
+            peer,
             accepted,
             admission,
             acceptor,
@@ -228,10 +232,6 @@ impl Connection {
             limits,
             mut drain,
         } = self;
-        let peer = match tcp.peer_addr() {
-            Ok(peer) => peer,
-            Err(_) => return,
-        };
         let _ = tcp.set_nodelay(true);
         let clocks = limits.clocks;
         let activity = Activity::new(accepted);
@@ -269,8 +269,10 @@ impl Connection {
         let io = TokioIo::new(Watched::new(tls, activity.clone()));
         let connection = http.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
-        // Set once the connection has been asked to close: graceful until this deadline.
-        let mut closing: Option<tokio::time::Instant> = None;
+        // Asked to finish its requests and close (idle, or the server drains).
+        let mut finishing = false;
+        // Past this, an idle connection that is still finishing is dropped.
+        let mut close_by: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -279,7 +281,7 @@ impl Connection {
                     }
                     return;
                 }
-                verdict = connection::supervise(&activity, clocks), if closing.is_none() => {
+                verdict = connection::supervise(&activity, clocks), if close_by.is_none() => {
                     match verdict {
                         Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
                         Verdict::SlowHead => {
@@ -291,15 +293,17 @@ impl Connection {
                             return;
                         }
                     }
-                    connection.as_mut().graceful_shutdown();
-                    closing = Some(tokio::time::Instant::now() + clocks.client_header);
+                    if !std::mem::replace(&mut finishing, true) {
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    close_by = Some(tokio::time::Instant::now() + clocks.client_header);
                 }
-                _ = drain.wait_for(|draining| *draining), if closing.is_none() => {
+                // Draining is bounded by the server's shutdown grace; the watchdog keeps watching.
+                _ = drain.wait_for(|draining| *draining), if !finishing => {
+                    finishing = true;
                     connection.as_mut().graceful_shutdown();
-                    // Bounded by the server's shutdown grace, not here.
-                    closing = Some(tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
                 }
-                () = tokio::time::sleep_until(closing.unwrap_or_else(tokio::time::Instant::now)), if closing.is_some() => {
+                () = tokio::time::sleep_until(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => {
                     return;
                 }
             }
