@@ -16,7 +16,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::{Body as HttpBody, Frame};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 const H1: &[&[u8]] = &[b"http/1.1"];
 
@@ -238,17 +238,17 @@ async fn zero_window_http2_streams_cannot_park_upstream_connections() {
         &pki,
         &backend,
         "[timeouts]\nclient_send = \"500ms\"\n\n[limits]\nupstream_per_connection = 4\n\
-         h2_max_streams = 10\n",
+         upstream_per_ip = 6\nh2_max_streams = 10\n",
     )
     .await;
 
     // SETTINGS_INITIAL_WINDOW_SIZE = 0: the proxy may send headers but no body data.
-    let (mut send, connection, max_streams) = h2_client(&pki, proxy.addr, 0).await;
+    let (mut first, first_connection, max_streams) = h2_client(&pki, proxy.addr, 0).await;
     let mut streams = Vec::new();
     for _ in 0..10 {
-        send = send.ready().await.unwrap();
+        first = first.ready().await.unwrap();
         let request = Request::get("https://localhost/api/big").body(()).unwrap();
-        streams.push(send.send_request(request, true).unwrap().0);
+        streams.push(first.send_request(request, true).unwrap().0);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -261,21 +261,74 @@ async fn zero_window_http2_streams_cannot_park_upstream_connections() {
         4,
         "one client connection holds [limits] upstream_per_connection upstream exchanges"
     );
+    // A second connection from the same host gets only what is left of the host's share.
+    let (mut second, second_connection, _) = h2_client(&pki, proxy.addr, 0).await;
+    for _ in 0..10 {
+        second = second.ready().await.unwrap();
+        let request = Request::get("https://localhost/api/big").body(()).unwrap();
+        streams.push(second.send_request(request, true).unwrap().0);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        alive.load(SeqCst) <= 6,
+        "one host holds at most [limits] upstream_per_ip upstream exchanges"
+    );
     ordinary_client_is_served(&pki, &proxy).await;
 
     // Each stalled response is abandoned after client_send, freeing its upstream exchange; once
-    // every request on the connection has been abandoned, the connection closes.
+    // every request on a connection has been abandoned, the connection closes.
     eventually(
         "every upstream body released",
-        Duration::from_secs(10),
-        || alive.load(SeqCst) == 0 && connection.is_finished(),
+        Duration::from_secs(15),
+        || {
+            alive.load(SeqCst) == 0
+                && first_connection.is_finished()
+                && second_connection.is_finished()
+        },
     )
     .await;
-    assert!(most.load(SeqCst) <= 4, "at most 4 at once, saw {most:?}");
+    assert!(most.load(SeqCst) <= 6, "at most 6 at once, saw {most:?}");
     logs()
         .line_with(&["client stopped reading", "client_send"])
         .await;
     drop(streams);
+    ordinary_client_is_served(&pki, &proxy).await;
+}
+
+#[tokio::test]
+async fn rapid_reset_closes_the_connection() {
+    let pki = TestPki::new();
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, |_, _| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let proxy = proxy_to(&pki, &backend, "").await;
+    let (mut send, connection, _) = h2_client(&pki, proxy.addr, 65_535).await;
+    // Each request reaches the proxy's handler (which sends it upstream), then is cancelled.
+    let mut sent = 0;
+    for _ in 0..400 {
+        let Ok(ready) = send.ready().await else { break };
+        send = ready;
+        let request = Request::get("https://localhost/api/x").body(()).unwrap();
+        let Ok((_, mut stream)) = send.send_request(request, true) else {
+            break;
+        };
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        if connection.is_finished() {
+            break;
+        }
+    }
+    eventually("the connection closed", Duration::from_secs(5), || {
+        connection.is_finished()
+    })
+    .await;
+    assert!(sent < 400, "the proxy took {sent} cancelled requests");
+    logs()
+        .line_with(&["cancelled more requests than it let finish"])
+        .await;
     ordinary_client_is_served(&pki, &proxy).await;
 }
 
@@ -421,24 +474,84 @@ async fn a_tunnel_counts_against_max_connections() {
     assert!(served.await, "the permit came back when the tunnel closed");
 }
 
-/// The real binary with a hard descriptor limit of 100: an HTTP/2 client opening streams to a
-/// backend that holds every request makes the proxy run out of descriptors for upstream
-/// connections. It must answer 503 (its own trouble), not 502, and recover.
+/// Sets the soft descriptor limit of process `pid`; the hard limit stays 100 (raising it back
+/// would need a privilege).
+#[cfg(target_os = "linux")]
+fn set_fd_limit(pid: u32, limit: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: 100,
+    };
+    // SAFETY: prlimit reads the struct we own; a null old-limit pointer is allowed.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Sends `count` GETs for `path` on one HTTP/2 connection and returns each status (0: no answer),
+/// calling `between` after each answer.
+async fn h2_burst(
+    pki: &TestPki,
+    addr: SocketAddr,
+    path: &str,
+    count: usize,
+    between: impl Fn(),
+) -> Vec<u16> {
+    let (mut send, _connection, _) = h2_client(pki, addr, 65_535).await;
+    let mut pending = Vec::new();
+    for _ in 0..count {
+        send = send.ready().await.unwrap();
+        let request = Request::get(format!("https://localhost{path}"))
+            .body(())
+            .unwrap();
+        pending.push(send.send_request(request, true).unwrap().0);
+    }
+    let mut statuses = Vec::new();
+    for response in pending {
+        let status = tokio::time::timeout(Duration::from_secs(20), response)
+            .await
+            .expect("an answer within 20s")
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        statuses.push(status);
+        between();
+    }
+    statuses
+}
+
+/// The real binary with a descriptor limit of 100: the proxy splits what the limit leaves between
+/// client and upstream connections, so a stream flood waits for upstream turns (503 after
+/// `response`) instead of exhausting descriptors. With the limit then lowered under its feet,
+/// upstream connects fail with EMFILE: that is the proxy's own trouble, 503, never 502; and it
+/// recovers when descriptors come back.
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn out_of_descriptors_is_a_503_and_the_proxy_recovers() {
+async fn descriptors_are_budgeted_and_exhaustion_is_a_503() {
     use std::os::unix::process::CommandExt as _;
     use std::process::{Command, Stdio};
 
     let pki = TestPki::new();
     let release = Arc::new(tokio::sync::Notify::new());
-    let held = release.clone();
-    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, move |_, _| {
-        let held = held.clone();
+    let (active, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (held, a, m) = (release.clone(), active.clone(), most.clone());
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), H1, move |req, _| {
+        let (held, active, most) = (held.clone(), a.clone(), m.clone());
         async move {
-            tokio::time::timeout(Duration::from_secs(10), held.notified())
-                .await
-                .ok();
+            if req.uri().path() == "/hold" {
+                most.fetch_max(active.fetch_add(1, SeqCst) + 1, SeqCst);
+                // Shorter than the proxy's response timeout: no request is given up on (504)
+                // while the backend still holds it.
+                tokio::time::timeout(Duration::from_secs(2), held.notified())
+                    .await
+                    .ok();
+                active.fetch_sub(1, SeqCst);
+            }
             Response::new(full("released"))
         }
     })
@@ -454,86 +567,87 @@ async fn out_of_descriptors_is_a_503_and_the_proxy_recovers() {
         &format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\ncert = \"public/fullchain.pem\"\n\
              key = \"public/privkey.pem\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n\
+             [timeouts]\nresponse = \"3s\"\n\n\
              [limits]\nupstream_per_connection = 200\nh2_max_streams = 200\n\n{}",
             route_to("/api", "backend-api", &backend)
         ),
     );
     let log = pki.path("fd.log");
-    let mut child = unsafe {
-        Command::new(env!("CARGO_BIN_EXE_trustgate"))
-            .args(["run", "-c"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 100,
-                    rlim_max: 100,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-            .spawn()
-            .unwrap()
-    };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_trustgate"));
+    command
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 100,
+                rlim_max: 100,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    let mut child = command.spawn().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("trustgate listening", Duration::from_secs(10), || {
+        log_text().contains("trustgate listening")
+    })
+    .await;
+    // 100 descriptors - 64 reserved = 36: 18 for clients, 18 for upstream connections.
+    let text = log_text();
     assert!(
-        up,
-        "trustgate did not start: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        text.contains("descriptor budget") && text.contains("clients=18 upstream_connections=18"),
+        "{text}"
     );
 
-    let (mut send, _connection, _) = h2_client(&pki, addr, 65_535).await;
-    let mut pending = Vec::new();
-    for _ in 0..150 {
-        send = send.ready().await.unwrap();
-        let request = Request::get("https://localhost/api/hold").body(()).unwrap();
-        pending.push(send.send_request(request, true).unwrap().0);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    release.notify_waiters();
-    let mut statuses = Vec::new();
-    for response in pending {
-        let status = tokio::time::timeout(Duration::from_secs(15), response)
-            .await
-            .expect("an answer")
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        statuses.push(status);
-        release.notify_waiters();
-    }
-    let count = |code| statuses.iter().filter(|s| **s == code).count();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(count(503) > 0, "no 503 among {statuses:?}\n{text}");
+    // Descriptors taken away under the proxy's feet (24, about 10 in use): upstream connects fail
+    // with EMFILE, which is the proxy's own trouble: 503, never 502.
+    set_fd_limit(child.id(), 24);
+    let count = |statuses: &[u16], code| statuses.iter().filter(|s| **s == code).count();
+    let statuses = h2_burst(&pki, addr, "/api/hold", 30, || release.notify_waiters()).await;
+    let text = log_text();
+    assert!(count(&statuses, 503) > 0, "{statuses:?}\n{text}");
     assert_eq!(
-        count(502),
+        count(&statuses, 502),
         0,
         "out of descriptors is not the upstream's fault\n{text}"
     );
-    assert!(count(200) > 0, "{statuses:?}");
-    assert!(text.contains("out of resources"), "{text}");
-    assert!(text.contains("file descriptor limit"), "{text}");
+    assert!(text.contains("the proxy is out of resources"), "{text}");
 
-    // Recovered: an ordinary request on a new connection is served.
-    let mut tls = tls_from(&pki, addr, "127.0.0.1", H1).await.unwrap();
-    tls.write_all(b"GET /api/after HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    release.notify_waiters();
-    let answer = read_until_close(&mut tls, Duration::from_secs(12)).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Descriptors back. A flood of 150 streams on one connection: at most 18 reach the backend
+    // at once, those that wait past `response` get 503, none gets 502, nothing runs out.
+    set_fd_limit(child.id(), 100);
+    let before = log_text().matches("Too many open files").count();
+    most.store(0, SeqCst);
+    // The backend holds each for 2 s: two rounds of 18 are served, the rest wait out the 3 s.
+    let statuses = h2_burst(&pki, addr, "/api/hold", 150, || {}).await;
+    let text = log_text();
+    assert!(count(&statuses, 503) > 0, "{statuses:?}\n{text}");
+    assert_eq!(count(&statuses, 502), 0, "{statuses:?}\n{text}");
+    assert!(
+        most.load(SeqCst) <= 18,
+        "{} upstream requests at once",
+        most.load(SeqCst)
+    );
+    assert_eq!(
+        text.matches("Too many open files").count(),
+        before,
+        "{text}"
+    );
+    let served = statuses.contains(&200);
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        served,
+        "not served after the descriptors came back\n{}",
+        log_text()
+    );
 }
 
 /// A response body fed by a channel, one frame per message.

@@ -70,6 +70,7 @@ pub(super) struct LimitsTable {
     pub(super) max_connections_per_ip: Option<Spanned<i64>>,
     pub(super) h2_max_streams: Option<Spanned<i64>>,
     pub(super) upstream_per_connection: Option<Spanned<i64>>,
+    pub(super) upstream_per_ip: Option<Spanned<i64>>,
     pub(super) min_upload_rate: Option<Spanned<i64>>,
 }
 

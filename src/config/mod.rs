@@ -102,6 +102,8 @@ pub struct Limits {
     pub h2_max_streams: u32,
     /// Requests one client connection may have at the upstreams at once; more wait for a turn.
     pub upstream_per_connection: usize,
+    /// The same for all connections from one source (IPv4 address or IPv6 /64).
+    pub upstream_per_ip: usize,
     /// Slowest request body upload accepted, in bytes per second, averaged over `client_header`.
     pub min_upload_rate: u64,
 }
@@ -112,6 +114,7 @@ impl Default for Limits {
             max_connections_per_ip: 256,
             h2_max_streams: 100,
             upstream_per_connection: 32,
+            upstream_per_ip: 256,
             min_upload_rate: 1024,
         }
     }
@@ -402,6 +405,12 @@ impl Loader<'_> {
                 "limits.upstream_per_connection",
                 1..=1000,
                 default.upstream_per_connection as u64,
+            ) as usize,
+            upstream_per_ip: count(
+                &table.upstream_per_ip,
+                "limits.upstream_per_ip",
+                1..=1_000_000,
+                default.upstream_per_ip as u64,
             ) as usize,
             min_upload_rate: count(
                 &table.min_upload_rate,
@@ -714,11 +723,12 @@ impl fmt::Display for Summary<'_> {
         write!(
             f,
             "limits: {} connections ({} per IP), {} HTTP/2 streams and {} upstream requests per \
-             connection, uploads at least {} bytes/s",
+             connection ({} per IP), uploads at least {} bytes/s",
             config.server.max_connections,
             l.max_connections_per_ip,
             l.h2_max_streams,
             l.upstream_per_connection,
+            l.upstream_per_ip,
             l.min_upload_rate
         )
     }

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
+
+use crate::server::admission::Turn;
 use tokio::time::{Instant, Sleep};
 
 /// How slowly a client may upload. The deadline works like a bucket of time: it starts
@@ -203,7 +205,7 @@ pub struct UpstreamStalled(pub Duration);
 #[derive(Debug)]
 pub struct Streamed {
     inner: Incoming,
-    turn: Option<OwnedSemaphorePermit>,
+    turn: Option<Turn>,
     idle: Duration,
     /// Armed while the client waits for the next frame; created the first time it has to wait.
     stall: Option<Pin<Box<Sleep>>>,
@@ -213,12 +215,7 @@ pub struct Streamed {
 }
 
 impl Streamed {
-    pub fn new(
-        inner: Incoming,
-        turn: Option<OwnedSemaphorePermit>,
-        idle: Duration,
-        route: String,
-    ) -> Self {
+    pub fn new(inner: Incoming, turn: Option<Turn>, idle: Duration, route: String) -> Self {
         Self {
             inner,
             turn,

@@ -13,17 +13,17 @@ use std::time::Duration;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info};
 
 use crate::server::TunnelGuard;
+use crate::server::admission::Turn;
 
 /// What a tunnel holds on to while it is open.
 pub struct Tunnel {
     /// The client connection's admission and the drain watch.
     pub guard: Option<TunnelGuard>,
     /// The client connection's turn at the upstreams.
-    pub turn: Option<OwnedSemaphorePermit>,
+    pub turn: Option<Turn>,
     pub idle: Duration,
     pub route: String,
     pub peer: SocketAddr,

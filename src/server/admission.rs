@@ -1,5 +1,7 @@
-//! Who gets a connection: the global `max_connections` permit, the per-IP share, the process's
-//! file-descriptor budget, and an accept loop that backs off quietly when descriptors run out.
+//! Who gets what: the `max_connections` permit and the per-IP share of client connections; the
+//! turns at the upstreams (per client connection, per source and for the whole proxy, so neither
+//! one connection nor one host can hold every upstream connection); the process's file-descriptor
+//! budget, split between the two; and an accept loop that backs off quietly when descriptors run out.
 
 use std::collections::HashMap;
 use std::io;
@@ -7,7 +9,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 
 /// What one admitted connection holds: its `max_connections` permit and its per-IP count. Shared
@@ -27,12 +29,21 @@ impl Admission {
     }
 }
 
-/// Client connections per source, so one host cannot take every `max_connections` permit. An
-/// IPv6 client is counted by its /64, the block one host usually gets.
+/// Client connections and upstream turns per source, so one host can take neither every
+/// `max_connections` permit nor every upstream connection. An IPv6 client is counted by its /64,
+/// the block one host usually gets.
 #[derive(Debug)]
 pub struct PerIp {
-    limit: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    connections: usize,
+    upstream_turns: usize,
+    open: Mutex<HashMap<IpAddr, Source>>,
+}
+
+#[derive(Debug)]
+struct Source {
+    connections: usize,
+    /// Shared by the source's connections while any is open.
+    upstream_turns: Arc<Semaphore>,
 }
 
 /// One connection's place in its source's count.
@@ -40,12 +51,15 @@ pub struct PerIp {
 pub struct IpShare {
     table: Arc<PerIp>,
     source: IpAddr,
+    /// The source's turns at the upstreams.
+    pub upstream_turns: Arc<Semaphore>,
 }
 
 impl PerIp {
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub fn new(connections: usize, upstream_turns: usize) -> Arc<Self> {
         Arc::new(Self {
-            limit,
+            connections,
+            upstream_turns,
             open: Mutex::new(HashMap::new()),
         })
     }
@@ -54,32 +68,86 @@ impl PerIp {
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpShare> {
         let source = source_of(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(source).or_insert(0);
-        if *count >= self.limit {
+        let entry = open.entry(source).or_insert_with(|| Source {
+            connections: 0,
+            upstream_turns: Arc::new(Semaphore::new(self.upstream_turns)),
+        });
+        if entry.connections >= self.connections {
             return None;
         }
-        *count += 1;
+        entry.connections += 1;
         Some(IpShare {
             table: self.clone(),
             source,
+            upstream_turns: entry.upstream_turns.clone(),
         })
     }
 
     /// Connections open from the source of `ip`.
     pub fn open_from(&self, ip: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(&source_of(ip)).copied().unwrap_or(0)
+        open.get(&source_of(ip)).map_or(0, |s| s.connections)
     }
 }
 
 impl Drop for IpShare {
     fn drop(&mut self) {
         let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(entry) = open.get_mut(&self.source) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
                 open.remove(&self.source);
             }
+        }
+    }
+}
+
+/// The turns a request takes before it goes upstream: one of its connection's, one of its
+/// source's and one of the proxy's (the descriptor budget). Held until the response has been
+/// sent (or the tunnel closes).
+#[derive(Debug, Clone)]
+pub struct UpstreamTurns {
+    pub connection: Arc<Semaphore>,
+    pub source: Arc<Semaphore>,
+    pub proxy: Arc<Semaphore>,
+}
+
+/// A request's turn at the upstreams.
+#[derive(Debug)]
+pub struct Turn {
+    _permits: [OwnedSemaphorePermit; 3],
+}
+
+impl UpstreamTurns {
+    /// Waits for a turn at each level, the narrowest first, so a request queued behind its own
+    /// connection's holds nothing of its source's or the proxy's.
+    pub async fn take(&self) -> Turn {
+        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_owned();
+        let never_closed = "the semaphores are never closed";
+        let connection = take(&self.connection).await.expect(never_closed);
+        let source = take(&self.source).await.expect(never_closed);
+        let proxy = take(&self.proxy).await.expect(never_closed);
+        Turn {
+            _permits: [connection, source, proxy],
+        }
+    }
+}
+
+/// How the process's descriptors are split: client connections and upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescriptorBudget {
+    pub clients: usize,
+    pub upstreams: usize,
+}
+
+impl DescriptorBudget {
+    /// Splits `usable` descriptors: clients get at most half, upstream connections the rest.
+    pub fn split(usable: u64, max_connections: usize) -> Self {
+        let usable = usize::try_from(usable).unwrap_or(usize::MAX).max(2);
+        let clients = max_connections.min(usable / 2).max(1);
+        Self {
+            clients,
+            upstreams: usable - clients,
         }
     }
 }
@@ -99,12 +167,10 @@ fn source_of(ip: IpAddr) -> IpAddr {
 /// config reads and logs.
 const FD_RESERVE: u64 = 64;
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns how many client connections the
-/// descriptors allow: each proxied client needs its own descriptor and one upstream connection's,
-/// after a small reserve. `None` when the limit cannot be read (not Unix).
-pub fn descriptor_budget() -> Option<usize> {
-    let limit = raise_fd_limit()?;
-    Some((limit.saturating_sub(FD_RESERVE) / 2).max(1) as usize)
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the descriptors left for client
+/// and upstream connections after a small reserve. `None` when the limit cannot be read.
+pub fn usable_descriptors() -> Option<u64> {
+    Some(raise_fd_limit()?.saturating_sub(FD_RESERVE))
 }
 
 #[cfg(unix)]
@@ -242,8 +308,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn descriptors_split_between_clients_and_upstreams() {
+        assert_eq!(
+            DescriptorBudget::split(1000, 10_000),
+            DescriptorBudget {
+                clients: 500,
+                upstreams: 500
+            }
+        );
+        assert_eq!(
+            DescriptorBudget::split(1_000_000, 10_000),
+            DescriptorBudget {
+                clients: 10_000,
+                upstreams: 990_000
+            }
+        );
+        assert_eq!(DescriptorBudget::split(0, 10).clients, 1);
+    }
+
+    #[tokio::test]
+    async fn a_turn_holds_one_permit_at_each_level() {
+        let turns = UpstreamTurns {
+            connection: Arc::new(Semaphore::new(2)),
+            source: Arc::new(Semaphore::new(5)),
+            proxy: Arc::new(Semaphore::new(1)),
+        };
+        let turn = turns.take().await;
+        let levels = [&turns.connection, &turns.source, &turns.proxy];
+        assert_eq!(levels.map(|s| s.available_permits()), [1, 4, 0]);
+        // The proxy has no turn left: the next request waits, holding only its connection's.
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), turns.take()).await;
+        assert!(waiting.is_err());
+        drop(turn);
+        assert_eq!(levels.map(|s| s.available_permits()), [2, 5, 1]);
+    }
+
+    #[test]
     fn ipv6_clients_count_by_their_64() {
-        let table = PerIp::new(2);
+        let table = PerIp::new(2, 8);
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
@@ -260,7 +363,7 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_counts_as_ipv4() {
-        let table = PerIp::new(1);
+        let table = PerIp::new(1, 8);
         let _v4 = table.admit("192.0.2.7".parse().unwrap()).unwrap();
         assert!(table.admit("::ffff:192.0.2.7".parse().unwrap()).is_none());
         assert_eq!(table.open_from("192.0.2.7".parse().unwrap()), 1);

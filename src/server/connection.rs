@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
-use super::admission::Admission;
+use super::admission::{Admission, Turn, UpstreamTurns};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -40,8 +40,8 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The SNI the client sent, if any.
     pub sni: Option<String>,
-    /// Turns at the upstreams: one per request this connection has there at once.
-    upstream_turns: Arc<Semaphore>,
+    /// Turns at the upstreams: this connection's, its source's and the proxy's.
+    upstream_turns: UpstreamTurns,
     /// Taken by a tunnel that outlives hyper's connection.
     hold: Mutex<Option<TunnelGuard>>,
 }
@@ -59,14 +59,14 @@ impl ConnectionInfo {
     pub(super) fn new(
         peer: SocketAddr,
         sni: Option<String>,
-        upstream_turns: usize,
+        upstream_turns: UpstreamTurns,
         admission: Arc<Admission>,
         drain: watch::Receiver<bool>,
     ) -> Self {
         Self {
             peer,
             sni,
-            upstream_turns: Arc::new(Semaphore::new(upstream_turns)),
+            upstream_turns,
             hold: Mutex::new(Some(TunnelGuard {
                 _admission: admission,
                 _drain: drain,
@@ -79,14 +79,10 @@ impl ConnectionInfo {
         self.hold.lock().ok()?.take()
     }
 
-    /// Waits for a turn at the upstreams (`[limits] upstream_per_connection`); the permit is held
-    /// until the response body has been sent or dropped.
-    pub async fn upstream_turn(&self) -> OwnedSemaphorePermit {
-        self.upstream_turns
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
+    /// Waits for a turn at the upstreams (`[limits] upstream_per_connection`, `upstream_per_ip`
+    /// and the proxy's descriptor budget); held until the response body has been sent or dropped.
+    pub async fn upstream_turn(&self) -> Turn {
+        self.upstream_turns.take().await
     }
 }
 
@@ -107,13 +103,23 @@ pub enum Verdict {
     SlowHead,
     /// Every in-flight response waited for the client to read for `client_send`.
     NotReading,
+    /// The client cancelled more requests than it let finish, past [`RESET_BUDGET`] (HTTP/2
+    /// rapid reset: each cancel can cost an upstream connection).
+    Resets,
 }
+
+/// Requests a connection may cancel before their response (HTTP/2 `RST_STREAM`, a hang-up)
+/// beyond those it let finish.
+pub const RESET_BUDGET: u64 = 100;
 
 /// The shared state of one connection; times are milliseconds since `start`.
 pub struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
     abandoned: AtomicUsize,
+    /// Requests that got their response, and those the client cancelled before it.
+    answered: AtomicU64,
+    cancelled: AtomicU64,
     idle_since: AtomicU64,
     /// When the first byte of the next HTTP/1.1 request head arrived, plus one (0: none yet).
     head_started: AtomicU64,
@@ -133,6 +139,8 @@ impl Activity {
             start,
             in_flight: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(1),
             bytes_read: AtomicU64::new(0),
@@ -173,7 +181,14 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         self.head_started.store(0, Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            answered: false,
+        }
+    }
+
+    fn over_reset_budget(&self) -> bool {
+        self.cancelled.load(Relaxed) > self.answered.load(Relaxed) + RESET_BUDGET
     }
 
     fn register(&self, sending: Weak<dyn Sending>) {
@@ -218,11 +233,21 @@ impl Activity {
 
 /// Counts one request as in flight until dropped (with the response body, or with the handler's
 /// future when the client resets the stream first).
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// The handler produced a response: a drop before that is the client cancelling.
+    answered: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
+        let activity = &self.activity;
+        if !self.answered {
+            activity.cancelled.fetch_add(1, Relaxed);
+            if activity.over_reset_budget() {
+                activity.changed.notify_one();
+            }
+        }
         if activity.in_flight.fetch_sub(1, Relaxed) == 1 {
             activity.idle_since.store(activity.now(), Relaxed);
             activity.changed.notify_one();
@@ -234,6 +259,9 @@ impl Drop for InFlight {
 pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
     let ms = |d: Duration| d.as_millis() as u64;
     loop {
+        if activity.over_reset_budget() {
+            return Verdict::Resets;
+        }
         let now = activity.now();
         let in_flight = activity.in_flight.load(Relaxed);
         let (deadline, verdict) = if in_flight > 0 {
@@ -373,14 +401,16 @@ impl<B> Tracked<B>
 where
     B: Body + Send + Unpin + 'static,
 {
-    pub fn new(body: B, in_flight: InFlight) -> Self {
+    pub fn new(body: B, mut in_flight: InFlight) -> Self {
+        in_flight.answered = true;
+        in_flight.activity.answered.fetch_add(1, Relaxed);
         if body.is_end_stream() {
             return Self {
                 shared: None,
                 in_flight,
             };
         }
-        let activity = &in_flight.0;
+        let activity = &in_flight.activity;
         let shared = Arc::new(Shared {
             body: Mutex::new(Some(body)),
             // Waiting from the start: an HTTP/2 client with a zero window never lets it be polled.
@@ -422,7 +452,7 @@ where
         {
             shared
                 .waiting_since
-                .store(this.in_flight.0.now() + 1, Relaxed);
+                .store(this.in_flight.activity.now() + 1, Relaxed);
         }
         polled.map_err(Into::into)
     }
@@ -458,7 +488,7 @@ impl<B> Drop for Tracked<B> {
             .as_ref()
             .is_some_and(|shared| shared.body.lock().map(|b| b.is_none()).unwrap_or(true));
         if abandoned {
-            self.in_flight.0.abandoned.fetch_sub(1, Relaxed);
+            self.in_flight.activity.abandoned.fetch_sub(1, Relaxed);
         }
     }
 }

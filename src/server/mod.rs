@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
+use self::admission::{AcceptErrors, Admission, DescriptorBudget, PerIp, Throttle, UpstreamTurns};
 use self::connection::{Activity, Clocks, Tracked, Verdict, Watched};
 pub use self::connection::{ConnectionInfo, TunnelGuard};
 use crate::config::{Config, Limits, Timeouts};
@@ -48,6 +48,9 @@ pub struct ConnectionLimits {
     pub max_connections_per_ip: usize,
     pub h2_max_streams: u32,
     pub upstream_per_connection: usize,
+    pub upstream_per_ip: usize,
+    /// Upstream connections for the whole proxy: what the descriptors leave after clients.
+    pub upstream_total: usize,
 }
 
 impl ConnectionLimits {
@@ -62,6 +65,8 @@ impl ConnectionLimits {
             max_connections_per_ip: limits.max_connections_per_ip,
             h2_max_streams: limits.h2_max_streams,
             upstream_per_connection: limits.upstream_per_connection,
+            upstream_per_ip: limits.upstream_per_ip,
+            upstream_total: Semaphore::MAX_PERMITS,
         }
     }
 }
@@ -135,7 +140,13 @@ impl TlsServer {
         let connections = Arc::new(Semaphore::new(
             self.limits.max_connections.min(Semaphore::MAX_PERMITS),
         ));
-        let per_ip = PerIp::new(self.limits.max_connections_per_ip);
+        let per_ip = PerIp::new(
+            self.limits.max_connections_per_ip,
+            self.limits.upstream_per_ip,
+        );
+        let proxy_turns = Arc::new(Semaphore::new(
+            self.limits.upstream_total.min(Semaphore::MAX_PERMITS),
+        ));
         // Every connection and tunnel holds a receiver: `closed()` tells when all have ended.
         let (draining, drain) = watch::channel(false);
         let mut accept_errors = AcceptErrors::default();
@@ -174,9 +185,15 @@ impl TlsServer {
                 }
                 continue;
             };
+            let upstream_turns = UpstreamTurns {
+                connection: Arc::new(Semaphore::new(self.limits.upstream_per_connection)),
+                source: ip_share.upstream_turns.clone(),
+                proxy: proxy_turns.clone(),
+            };
             let connection = Connection {
                 tcp,
                 peer,
+                upstream_turns,
                 accepted: Instant::now(),
                 admission: Admission::new(permit, ip_share),
                 acceptor: self.acceptor.clone(),
@@ -206,6 +223,7 @@ impl TlsServer {
 struct Connection {
     tcp: TcpStream,
     peer: SocketAddr,
+    upstream_turns: UpstreamTurns,
     accepted: Instant,
     admission: Arc<Admission>,
     acceptor: TlsAcceptor,
@@ -225,6 +243,7 @@ impl Connection {
         let Self {
             tcp,
             peer,
+            upstream_turns,
             accepted,
             admission,
             acceptor,
@@ -253,7 +272,7 @@ impl Connection {
         let info = Arc::new(ConnectionInfo::new(
             peer,
             session.server_name().map(str::to_owned),
-            limits.upstream_per_connection,
+            upstream_turns,
             admission,
             drain.clone(),
         ));
@@ -292,6 +311,11 @@ impl Connection {
                             info!(%peer, "the client stopped reading its responses ([timeouts] client_send); closing");
                             return;
                         }
+                        Verdict::Resets => {
+                            warn!(%peer, budget = connection::RESET_BUDGET,
+                                "the client cancelled more requests than it let finish (HTTP/2 rapid reset?); closing");
+                            return;
+                        }
                     }
                     if !std::mem::replace(&mut finishing, true) {
                         connection.as_mut().graceful_shutdown();
@@ -321,20 +345,27 @@ impl Gateway {
     /// Builds the listener and the proxy. Raises the soft descriptor limit to the hard one, and
     /// serves fewer than `max_connections` clients at once when the descriptors cannot carry them.
     pub fn new(config: &Config) -> Self {
-        let mut max_connections = config.server.max_connections;
-        if let Some(budget) = admission::descriptor_budget()
-            && budget < max_connections
-        {
-            warn!(
-                max_connections,
-                serving = budget,
-                "the file descriptor limit cannot carry [server] max_connections (each client \
-                 needs two descriptors: its own and an upstream connection); raise the hard limit \
-                 (ulimit -n, docker --ulimit nofile=) to serve more"
+        let max_connections = config.server.max_connections;
+        let mut limits = ConnectionLimits::new(&config.timeouts, &config.limits, max_connections);
+        if let Some(usable) = admission::usable_descriptors() {
+            let budget = DescriptorBudget::split(usable, max_connections);
+            if budget.clients < max_connections {
+                warn!(
+                    max_connections,
+                    serving = budget.clients,
+                    "the file descriptor limit cannot carry [server] max_connections (clients get \
+                     at most half the descriptors, upstream connections the rest); raise the hard \
+                     limit (ulimit -n, docker --ulimit nofile=) to serve more"
+                );
+            }
+            info!(
+                clients = budget.clients,
+                upstream_connections = budget.upstreams,
+                "descriptor budget"
             );
-            max_connections = budget;
+            limits.max_connections = budget.clients;
+            limits.upstream_total = budget.upstreams;
         }
-        let limits = ConnectionLimits::new(&config.timeouts, &config.limits, max_connections);
         Self {
             server: TlsServer::with_limits(
                 config.server.tls.clone(),
