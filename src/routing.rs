@@ -26,12 +26,20 @@ impl Prefix {
                 "prefix {raw:?} must be a plain path (no query, fragment or spaces)"
             ));
         }
+        if raw.parse::<PathAndQuery>().is_err() {
+            return Err(format!(
+                "prefix {raw:?} holds characters a request path cannot carry; write them \
+                 percent-encoded, as clients send them"
+            ));
+        }
         if raw.contains("//") {
             return Err(format!("prefix {raw:?} must not contain an empty segment"));
         }
-        if raw.split('/').any(is_dot_segment) {
+        // The proxy refuses these request paths before routing, so such a prefix would be a
+        // route that `check` accepts and no request can ever reach.
+        if let Some(why) = unsafe_path(raw) {
             return Err(format!(
-                "prefix {raw:?} must not contain '.' or '..' segments"
+                "prefix {raw:?} can never match: {why}, and the proxy refuses such paths"
             ));
         }
         let trimmed = raw.trim_end_matches('/');
@@ -110,6 +118,22 @@ impl Upstream {
         }
         if uri.query().is_some() {
             return Err(format!("{raw:?} must not have a query string"));
+        }
+        // The URI parser lets text through between an IPv6 literal's `]` and the port
+        // (`[::1]z:8443`), takes an empty port, and reads a port above 65535 as none at all,
+        // which would silently connect to 443. A leading zero (`:0443`) would reach the
+        // upstream in `Host` but never match the origin its redirects are rewritten from.
+        let after_host = &authority.as_str()[authority.host().len()..];
+        let port_only = after_host.strip_prefix(':').is_some_and(|port| {
+            port.bytes().all(|b| b.is_ascii_digit())
+                && !port.starts_with('0')
+                && authority.port_u16().is_some()
+        });
+        if !after_host.is_empty() && !port_only {
+            return Err(format!(
+                "{raw:?}: {:?} is not host[:port] with a port from 1 to 65535 (no leading zero)",
+                authority.as_str()
+            ));
         }
         let host = authority
             .host()
@@ -419,6 +443,37 @@ mod tests {
         }
     }
 
+    /// Found by `cargo fuzz run routing`: a prefix with bytes no request target carries was
+    /// accepted, a route no request could reach.
+    #[test]
+    fn prefixes_with_characters_no_path_carries_are_refused() {
+        for bad in ["/api\u{1}", "/a\u{7f}", "/a<b", "/a`b"] {
+            let err = Prefix::parse(bad).unwrap_err();
+            assert!(err.contains("percent-encoded"), "{bad:?}: {err}");
+        }
+        // Raw UTF-8 is taken by hyper's parser as by the URI type.
+        for good in ["/caf%C3%A9", "/caf\u{e9}"] {
+            assert!(Prefix::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    /// Found by tests/fuzzing.rs: a prefix that `unsafe_path` refuses as a request path was
+    /// accepted, so its route could never be reached.
+    #[test]
+    fn prefixes_no_request_can_reach_are_refused() {
+        for bad in [
+            "/%2f",
+            "/a%2Fb",
+            "/files/%5c",
+            "/a\\b",
+            "/%2e%2e/x",
+            "/a/.;x",
+        ] {
+            let err = Prefix::parse(bad).unwrap_err();
+            assert!(err.contains("can never match"), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn upstream_validation() {
         let up = Upstream::parse("https://backend-api:8443/").unwrap();
@@ -439,6 +494,34 @@ mod tests {
             "https://bad_name!/",
         ] {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by `cargo fuzz run routing`: `[::1]z:8443` parsed as host `[::1]`, port 8443, and
+    /// the whole string became the upstream's `Host`. Its neighbours: port 99999 read as 443,
+    /// and `:0649` sent in `Host` while redirects were matched against `:649`.
+    #[test]
+    fn authority_is_host_and_port_only() {
+        let bad = [
+            "https://[::1]z:8443/",
+            "https://[::1]z/",
+            "https://[::1]:/",
+            "https://h:/",
+            "https://h:99999/",
+            "https://h:0/",
+            "https://h:0649/",
+        ];
+        for bad in bad {
+            let err = Upstream::parse(bad).unwrap_err();
+            assert!(err.contains("is not host[:port]"), "{bad}: {err}");
+        }
+        for good in [
+            "https://[::1]:8443/",
+            "https://[::1]/",
+            "https://h:1/",
+            "https://h/",
+        ] {
+            assert!(Upstream::parse(good).is_ok(), "{good}");
         }
     }
 

@@ -54,25 +54,46 @@ pub enum PemError {
 
 /// Reads every certificate of a PEM file, in order. Fails on an empty or unreadable file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
-    let bytes = read(path)?;
-    parse_certs(path, &bytes)
+    parse_certs(path, &read(path)?)
 }
 
 /// Reads trust anchors: like [`load_certs`], but a file that also holds a private key is refused,
 /// since a CA key next to the proxy defeats the point of an offline CA. Whether each certificate
 /// may be an anchor, and the bundle as a whole, is [`anchors`]' to judge.
 pub fn load_ca_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemError> {
-    let bytes = read(path)?;
-    if holds_private_key(&bytes) {
-        return Err(PemError::HoldsPrivateKey { path: path.into() });
-    }
-    parse_certs(path, &bytes)
+    parse_ca_certs(path, &read(path)?)
 }
 
 /// Reads the first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PemError> {
-    let bytes = read(path)?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    parse_key(path, &read(path)?)
+}
+
+/// [`load_certs`] on bytes already read; `path` only names them in errors.
+pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| PemError::Malformed {
+            path: path.into(),
+            error,
+        })?;
+    if certs.is_empty() {
+        return Err(PemError::NoCertificate { path: path.into() });
+    }
+    Ok(certs)
+}
+
+/// [`load_ca_certs`] on bytes already read; `path` only names them in errors.
+pub fn parse_ca_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
+    if holds_private_key(pem) {
+        return Err(PemError::HoldsPrivateKey { path: path.into() });
+    }
+    parse_certs(path, pem)
+}
+
+/// [`load_key`] on bytes already read; `path` only names them in errors.
+pub fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, PemError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => PemError::NoKey { path: path.into() },
         error => PemError::Malformed {
             path: path.into(),
@@ -92,19 +113,6 @@ fn read(path: &Path) -> Result<Vec<u8>, PemError> {
         path: path.into(),
         error,
     })
-}
-
-fn parse_certs(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
-    let certs = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| PemError::Malformed {
-            path: path.into(),
-            error,
-        })?;
-    if certs.is_empty() {
-        return Err(PemError::NoCertificate { path: path.into() });
-    }
-    Ok(certs)
 }
 
 /// A one-line description of a certificate for summaries and logs: its subject.
