@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 
-use crate::server::{ConnectionInfo, TlsServer};
+use crate::connection::ConnectionInfo;
+use crate::server::TlsServer;
 
 /// Request bodies larger than this get 413: the echo keeps the body in memory to send it back.
 pub const MAX_BODY: usize = 1 << 20;

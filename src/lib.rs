@@ -11,7 +11,7 @@
 //! # Request lifecycle
 //! 1. [`server`] admits the connection ([`server::admission`]: the `max_connections` permit, the
 //!    per-IP share), runs the public TLS handshake and serves HTTP/1.1 or HTTP/2 on it, while
-//!    [`server::connection`]'s watchdog closes it when the client stalls, idles or stops reading.
+//!    [`server::watchdog`] closes it when the client stalls, idles or stops reading.
 //! 2. [`proxy::Proxy::handle`] picks the route ([`routing`]), rewrites the path and headers
 //!    ([`proxy::headers`]) and sends the request through the pooled upstream client ([`upstream`]).
 //! 3. The response streams back; failures become a status code in one place ([`proxy::error`]).
@@ -27,7 +27,9 @@
 //! - [`echo`] and [`demo`] are the example backend and the one-command quickstart.
 
 pub mod audit;
+pub mod body;
 pub mod config;
+pub mod connection;
 pub mod demo;
 pub mod echo;
 pub mod pki;

@@ -26,8 +26,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::body::UpstreamBody;
 use crate::config::Config;
-use crate::proxy::body::UpstreamBody;
 use crate::server::MAX_REQUEST_HEAD;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

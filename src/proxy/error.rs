@@ -97,7 +97,7 @@ impl ProxyError {
         let mut client_side = false;
         let mut source = StdError::source(&err);
         while let Some(e) = source {
-            if e.is::<super::body::BodyStalled>() {
+            if e.is::<crate::body::BodyStalled>() {
                 return Self::ClientStalled(err);
             }
             if e.downcast_ref::<TcpConnectError>()
@@ -170,7 +170,7 @@ fn known_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String>
     if let Some(tls) = e.downcast_ref::<rustls::Error>() {
         return Some(describe_tls(tls));
     }
-    if let Some(stalled) = e.downcast_ref::<super::body::BodyStalled>() {
+    if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
         return Some(stalled.to_string());
     }
     if let Some(timeout) = e.downcast_ref::<ConnectTimeout>() {

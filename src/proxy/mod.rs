@@ -3,7 +3,6 @@
 //! [`Proxy::handle`] always answers: it wraps `Proxy::forward`, which uses `?`, and turns every
 //! error into a status code and one log line in a single place.
 
-pub mod body;
 pub mod error;
 pub mod headers;
 pub mod upgrade;
@@ -17,12 +16,13 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use tracing::{info, warn};
 
-use self::body::{Streamed, UploadPace, UpstreamBody};
 pub use self::error::ProxyError;
 use self::headers::Forwarding;
+use crate::body::{Streamed, UploadPace, UpstreamBody};
 use crate::config::Config;
+use crate::connection::ConnectionInfo;
 use crate::routing::{self, Route, RouteTable};
-use crate::server::{ConnectionInfo, MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::upstream::Upstreams;
 
 /// A response body: the upstream's, streamed, or a short one of our own.

@@ -15,8 +15,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, info};
 
-use crate::server::TunnelGuard;
-use crate::server::admission::Turn;
+use crate::connection::TunnelGuard;
+use crate::connection::Turn;
 
 /// What a tunnel holds on to while it is open.
 pub struct Tunnel {

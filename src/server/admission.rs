@@ -102,37 +102,6 @@ impl Drop for IpShare {
     }
 }
 
-/// The turns a request takes before it goes upstream: one of its connection's, one of its
-/// source's and one of the proxy's (the descriptor budget). Held until the response has been
-/// sent (or the tunnel closes).
-#[derive(Debug, Clone)]
-pub struct UpstreamTurns {
-    pub connection: Arc<Semaphore>,
-    pub source: Arc<Semaphore>,
-    pub proxy: Arc<Semaphore>,
-}
-
-/// A request's turn at the upstreams.
-#[derive(Debug)]
-pub struct Turn {
-    _permits: [OwnedSemaphorePermit; 3],
-}
-
-impl UpstreamTurns {
-    /// Waits for a turn at each level, the narrowest first, so a request queued behind its own
-    /// connection's holds nothing of its source's or the proxy's.
-    pub async fn take(&self) -> Turn {
-        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_owned();
-        let never_closed = "the semaphores are never closed";
-        let connection = take(&self.connection).await.expect(never_closed);
-        let source = take(&self.source).await.expect(never_closed);
-        let proxy = take(&self.proxy).await.expect(never_closed);
-        Turn {
-            _permits: [connection, source, proxy],
-        }
-    }
-}
-
 /// How the process's descriptors are split: client connections and upstream connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DescriptorBudget {
@@ -324,24 +293,6 @@ mod tests {
             }
         );
         assert_eq!(DescriptorBudget::split(0, 10).clients, 1);
-    }
-
-    #[tokio::test]
-    async fn a_turn_holds_one_permit_at_each_level() {
-        let turns = UpstreamTurns {
-            connection: Arc::new(Semaphore::new(2)),
-            source: Arc::new(Semaphore::new(5)),
-            proxy: Arc::new(Semaphore::new(1)),
-        };
-        let turn = turns.take().await;
-        let levels = [&turns.connection, &turns.source, &turns.proxy];
-        assert_eq!(levels.map(|s| s.available_permits()), [1, 4, 0]);
-        // The proxy has no turn left: the next request waits, holding only its connection's.
-        let waiting =
-            tokio::time::timeout(std::time::Duration::from_millis(50), turns.take()).await;
-        assert!(waiting.is_err());
-        drop(turn);
-        assert_eq!(levels.map(|s| s.available_permits()), [2, 5, 1]);
     }
 
     #[test]

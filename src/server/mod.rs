@@ -5,7 +5,7 @@
 //! and the test backends all share one accept loop with the same timeouts and shutdown behaviour.
 
 pub mod admission;
-pub mod connection;
+pub mod watchdog;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,10 +25,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use self::admission::{AcceptErrors, Admission, DescriptorBudget, PerIp, Throttle, UpstreamTurns};
-use self::connection::{Activity, Clocks, Tracked, Verdict, Watched};
-pub use self::connection::{ConnectionInfo, TunnelGuard};
+use self::admission::{AcceptErrors, Admission, DescriptorBudget, PerIp, Throttle};
+use self::watchdog::{Activity, Clocks, Tracked, Verdict, Watched};
 use crate::config::{Config, Limits, Timeouts};
+use crate::connection::UpstreamTurns;
+pub use crate::connection::{ConnectionInfo, TunnelGuard};
 use crate::proxy::Proxy;
 
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
@@ -40,7 +41,7 @@ pub const MAX_REQUEST_HEADERS: usize = 100;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a client connection may take: counts, and the clocks of [`connection::supervise`].
+/// What a client connection may take: counts, and the clocks of [`watchdog::supervise`].
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub clocks: Clocks,
@@ -273,8 +274,7 @@ impl Connection {
             peer,
             session.server_name().map(str::to_owned),
             upstream_turns,
-            admission,
-            drain.clone(),
+            (admission, drain.clone()),
         ));
         let tracker = activity.clone();
         let service = service_fn(move |req| {
@@ -300,7 +300,7 @@ impl Connection {
                     }
                     return;
                 }
-                verdict = connection::supervise(&activity, clocks), if close_by.is_none() => {
+                verdict = watchdog::supervise(&activity, clocks), if close_by.is_none() => {
                     match verdict {
                         Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
                         Verdict::SlowHead => {
@@ -312,7 +312,7 @@ impl Connection {
                             return;
                         }
                         Verdict::Resets => {
-                            warn!(%peer, budget = connection::RESET_BUDGET,
+                            warn!(%peer, budget = watchdog::RESET_BUDGET,
                                 "the client cancelled more requests than it let finish (HTTP/2 rapid reset?); closing");
                             return;
                         }

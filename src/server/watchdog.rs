@@ -1,5 +1,5 @@
-//! One client connection's life after the TLS handshake: what a handler knows about it, and the
-//! watchdog that closes it when the client stops doing its part.
+//! The watchdog of one client connection after the TLS handshake: it closes the connection when
+//! the client stops doing its part.
 //!
 //! hyper bounds neither the bytes before the first request (its protocol sniffing has no timer)
 //! nor an HTTP/2 connection without streams, and its HTTP/1.1 header timer also runs while a
@@ -18,7 +18,6 @@
 //! - a connection with no request in flight closes gracefully after `idle`.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
@@ -28,63 +27,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, watch};
-
-use super::admission::{Admission, Turn, UpstreamTurns};
+use tokio::sync::Notify;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What the handler knows about the connection a request arrived on.
-#[derive(Debug)]
-pub struct ConnectionInfo {
-    pub peer: SocketAddr,
-    /// The SNI the client sent, if any.
-    pub sni: Option<String>,
-    /// Turns at the upstreams: this connection's, its source's and the proxy's.
-    upstream_turns: UpstreamTurns,
-    /// Taken by a tunnel that outlives hyper's connection.
-    hold: Mutex<Option<TunnelGuard>>,
-}
-
-/// Held by an upgraded tunnel, which hyper no longer tracks once it has handed the socket over:
-/// it keeps the connection's admission (the `max_connections` permit and the per-IP count) and
-/// keeps a graceful shutdown waiting (up to its grace period).
-#[derive(Debug)]
-pub struct TunnelGuard {
-    _admission: Arc<Admission>,
-    _drain: watch::Receiver<bool>,
-}
-
-impl ConnectionInfo {
-    pub(super) fn new(
-        peer: SocketAddr,
-        sni: Option<String>,
-        upstream_turns: UpstreamTurns,
-        admission: Arc<Admission>,
-        drain: watch::Receiver<bool>,
-    ) -> Self {
-        Self {
-            peer,
-            sni,
-            upstream_turns,
-            hold: Mutex::new(Some(TunnelGuard {
-                _admission: admission,
-                _drain: drain,
-            })),
-        }
-    }
-
-    /// The guard for a tunnel taking over this connection; `None` when already taken.
-    pub fn hold_for_tunnel(&self) -> Option<TunnelGuard> {
-        self.hold.lock().ok()?.take()
-    }
-
-    /// Waits for a turn at the upstreams (`[limits] upstream_per_connection`, `upstream_per_ip`
-    /// and the proxy's descriptor budget); held until the response body has been sent or dropped.
-    pub async fn upstream_turn(&self) -> Turn {
-        self.upstream_turns.take().await
-    }
-}
 
 /// The connection-level clocks the watchdog enforces.
 #[derive(Debug, Clone, Copy)]

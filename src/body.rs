@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
-use crate::server::admission::Turn;
+use crate::connection::Turn;
 use tokio::time::{Instant, Sleep};
 
 /// How slowly a client may upload. The deadline works like a bucket of time: it starts
@@ -199,7 +199,7 @@ impl Body for UpstreamBody {
 pub struct UpstreamStalled(pub Duration);
 
 /// The upstream's response body, holding the client connection's turn at the upstreams (see
-/// [`crate::server::ConnectionInfo::upstream_turn`]) until it ends or is dropped. An upstream
+/// [`crate::connection::ConnectionInfo::upstream_turn`]) until it ends or is dropped. An upstream
 /// that sends nothing for `idle` (nginx's `proxy_read_timeout`) has the response aborted, so a
 /// stuck backend cannot hold a client connection forever.
 #[derive(Debug)]

@@ -1,0 +1,117 @@
+//! What a request handler knows about the client connection it serves, and what it may take
+//! of it: the connection's turns at the upstreams, and the hold a tunnel keeps on it. Shared by
+//! the server, which makes it, and the proxy, which uses it; it belongs to neither.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What the handler knows about the connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnectionInfo {
+    pub peer: SocketAddr,
+    /// The SNI the client sent, if any.
+    pub sni: Option<String>,
+    /// Turns at the upstreams: this connection's, its source's and the proxy's.
+    upstream_turns: UpstreamTurns,
+    /// Taken by a tunnel that outlives hyper's connection.
+    hold: Mutex<Option<TunnelGuard>>,
+}
+
+/// Held by an upgraded tunnel, which hyper no longer tracks once it has handed the socket over:
+/// it keeps what the server attached to the connection (its admission, the drain watch), so the
+/// tunnel counts against the connection limits and a graceful shutdown waits for it.
+pub struct TunnelGuard {
+    _held: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for TunnelGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelGuard")
+    }
+}
+
+impl ConnectionInfo {
+    /// `held` lives as long as the connection and, after an upgrade, its tunnel.
+    pub fn new(
+        peer: SocketAddr,
+        sni: Option<String>,
+        upstream_turns: UpstreamTurns,
+        held: impl std::any::Any + Send + Sync,
+    ) -> Self {
+        Self {
+            peer,
+            sni,
+            upstream_turns,
+            hold: Mutex::new(Some(TunnelGuard {
+                _held: Box::new(held),
+            })),
+        }
+    }
+
+    /// The guard for a tunnel taking over this connection; `None` when already taken.
+    pub fn hold_for_tunnel(&self) -> Option<TunnelGuard> {
+        self.hold.lock().ok()?.take()
+    }
+
+    /// Waits for a turn at the upstreams (`[limits] upstream_per_connection`, `upstream_per_ip`
+    /// and the proxy's descriptor budget); held until the response body has been sent or dropped.
+    pub async fn upstream_turn(&self) -> Turn {
+        self.upstream_turns.take().await
+    }
+}
+
+/// The turns a request takes before it goes upstream: one of its connection's, one of its
+/// source's and one of the proxy's (the descriptor budget). Held until the response has been
+/// sent (or the tunnel closes).
+#[derive(Debug, Clone)]
+pub struct UpstreamTurns {
+    pub connection: Arc<Semaphore>,
+    pub source: Arc<Semaphore>,
+    pub proxy: Arc<Semaphore>,
+}
+
+/// A request's turn at the upstreams.
+#[derive(Debug)]
+pub struct Turn {
+    _permits: [OwnedSemaphorePermit; 3],
+}
+
+impl UpstreamTurns {
+    /// Waits for a turn at each level, the narrowest first, so a request queued behind its own
+    /// connection's holds nothing of its source's or the proxy's.
+    pub async fn take(&self) -> Turn {
+        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().acquire_owned();
+        let never_closed = "the semaphores are never closed";
+        let connection = take(&self.connection).await.expect(never_closed);
+        let source = take(&self.source).await.expect(never_closed);
+        let proxy = take(&self.proxy).await.expect(never_closed);
+        Turn {
+            _permits: [connection, source, proxy],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_turn_holds_one_permit_at_each_level() {
+        let turns = UpstreamTurns {
+            connection: Arc::new(Semaphore::new(2)),
+            source: Arc::new(Semaphore::new(5)),
+            proxy: Arc::new(Semaphore::new(1)),
+        };
+        let turn = turns.take().await;
+        let levels = [&turns.connection, &turns.source, &turns.proxy];
+        assert_eq!(levels.map(|s| s.available_permits()), [1, 4, 0]);
+        // The proxy has no turn left: the next request waits, holding only its connection's.
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), turns.take()).await;
+        assert!(waiting.is_err());
+        drop(turn);
+        assert_eq!(levels.map(|s| s.available_permits()), [2, 5, 1]);
+    }
+}
