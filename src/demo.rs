@@ -12,8 +12,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::gateway::Gateway;
 use crate::pki::{Ca, LeafRequest, Validity};
-use crate::server::{Gateway, shutdown_signal};
+use crate::server::shutdown_signal;
 use crate::{echo, tls};
 
 /// Files the demo writes, relative to its folder.

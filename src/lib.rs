@@ -32,6 +32,8 @@ pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod echo;
+pub mod gateway;
+pub mod generation;
 pub mod pki;
 pub mod proxy;
 pub mod routing;
@@ -40,4 +42,4 @@ pub mod tls;
 pub mod upstream;
 
 pub use config::Config;
-pub use server::Gateway;
+pub use gateway::Gateway;

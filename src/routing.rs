@@ -261,7 +261,16 @@ impl RouteTable {
 
     /// The route with the longest prefix that matches `path` on a segment boundary.
     pub fn find(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.prefix.strip(path).is_some())
+        self.lookup(path).map(|(_, route)| route)
+    }
+
+    /// [`find`](Self::find), with the route's position in [`iter`](Self::iter)'s order, so
+    /// callers can keep per-route data beside the table.
+    pub fn lookup(&self, path: &str) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.prefix.strip(path).is_some())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {

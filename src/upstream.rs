@@ -1,18 +1,22 @@
-//! The upstream client: pooled keep-alive connections over TLS that trusts the internal CA only.
+//! The upstream clients: pooled keep-alive connections over TLS that trusts the internal CA only.
 //!
-//! Layers, outermost first:
+//! One [`Pool`] per distinct upstream ([`PoolKey`]: host, port, fixed address, and the trust it is
+//! verified with). A reload that changes an upstream's trust builds a new pool, so a connection
+//! verified under the old trust is never reused; one that changes nothing for it keeps the pool
+//! and its warm connections.
+//!
+//! Layers of a pool's connector, outermost first:
 //! - [`Connector`]: bounds TCP connect plus TLS handshake by `[timeouts].connect`, so a black-holed
 //!   upstream costs seconds, not the OS's minutes.
 //! - hyper-rustls `HttpsConnector`: https only; SNI and the name verified against the certificate
 //!   are the upstream URL's host (the service name), whatever address the TCP connection goes to.
-//! - [`TcpConnector`]: connects to the route's `address` when one is set, else resolves the host.
+//! - [`TcpConnector`]: connects to the route's `address` when one is set, else resolves the host;
+//!   its writes fail when the upstream stops reading ([`WriteGuarded`]).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +31,8 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::body::UpstreamBody;
-use crate::config::Config;
+use crate::config::Timeouts;
+use crate::routing::Route;
 use crate::server::MAX_REQUEST_HEAD;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,27 +40,52 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The pooled client requests are sent with.
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
-/// The two pools: one that speaks HTTP/2 when the upstream offers it by ALPN, and one that speaks
-/// only HTTP/1.1, for requests that upgrade the connection (WebSocket), which HTTP/2 cannot carry.
+/// What makes two routes share a pool: the same upstream, reached the same way, verified with the
+/// same trust.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    host: String,
+    port: u16,
+    address: Option<SocketAddr>,
+    /// SHA-256 over everything the connections are verified with.
+    trust: [u8; 32],
+    connect: Duration,
+    write_limit: Duration,
+}
+
+impl PoolKey {
+    pub fn new(route: &Route, trust: [u8; 32], timeouts: &Timeouts) -> Self {
+        Self {
+            host: route.upstream.host().to_ascii_lowercase(),
+            port: route.upstream.port(),
+            address: route.address,
+            trust,
+            connect: timeouts.connect,
+            write_limit: timeouts.response,
+        }
+    }
+}
+
+/// The pooled clients of one upstream: one that speaks HTTP/2 when the upstream offers it by
+/// ALPN, and one that speaks only HTTP/1.1, for requests that upgrade the connection (WebSocket)
+/// or preserve the client's Host, which HTTP/2 cannot carry. Dropping the last `Arc` of a pool
+/// closes its idle connections; in-flight requests and tunnels live on.
 #[derive(Clone, Debug)]
-pub struct Upstreams {
+pub struct Pool {
     pub client: UpstreamClient,
     pub http1_client: UpstreamClient,
 }
 
-impl Upstreams {
-    pub fn new(config: &Config) -> Self {
-        let tcp = TcpConnector::new(config);
-        let connect_timeout = config.timeouts.connect;
-        let tls = config.upstream_tls.client.clone();
+impl Pool {
+    /// A pool for `key`'s upstream whose connections are verified by `tls`.
+    pub fn new(key: &PoolKey, tls: &ClientConfig) -> Self {
+        let tcp = TcpConnector {
+            write_limit: key.write_limit,
+            address: key.address,
+        };
         Self {
-            client: pooled(Connector::new(
-                tls.clone(),
-                tcp.clone(),
-                connect_timeout,
-                true,
-            )),
-            http1_client: pooled(Connector::new(tls, tcp, connect_timeout, false)),
+            client: pooled(Connector::new(tls.clone(), tcp.clone(), key.connect, true)),
+            http1_client: pooled(Connector::new(tls.clone(), tcp, key.connect, false)),
         }
     }
 }
@@ -138,27 +168,8 @@ pub struct TcpConnectError {
 pub struct TcpConnector {
     /// How long a write to the upstream may wait for the upstream to read.
     write_limit: Duration,
-    /// `(host, port)` of an upstream URL -> the address to dial instead of resolving the host.
-    fixed: Arc<HashMap<(String, u16), SocketAddr>>,
-}
-
-impl TcpConnector {
-    fn new(config: &Config) -> Self {
-        let fixed = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                let key = (r.upstream.host().to_owned(), r.upstream.port());
-                r.address.map(|address| (key, address))
-            })
-            .collect();
-        Self {
-            // The same bound as for the upstream's answer: an upstream that neither reads nor
-            // answers for that long is not coming back.
-            write_limit: config.timeouts.response,
-            fixed: Arc::new(fixed),
-        }
-    }
+    /// The address to dial instead of resolving the host.
+    address: Option<SocketAddr>,
 }
 
 impl Service<Uri> for TcpConnector {
@@ -178,7 +189,7 @@ impl Service<Uri> for TcpConnector {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(443);
-        let fixed = self.fixed.get(&(host.clone(), port)).copied();
+        let fixed = self.address;
         let write_limit = self.write_limit;
         Box::pin(async move {
             let (target, connected) = match fixed {

@@ -58,6 +58,8 @@ pub struct UpstreamTls {
     pub anchors: Vec<CertificateDer<'static>>,
     /// Client config trusting `anchors` only; ALPN is left to the connector.
     pub client: ClientConfig,
+    /// SHA-256 over the anchors: upstream connections verified under other trust are not reused.
+    pub trust_id: [u8; 32],
 }
 
 /// `[timeouts]`.
@@ -347,6 +349,7 @@ impl Loader<'_> {
         let client = tls::client::config(&anchors);
         let client = self.check(&table.ca, "upstream_tls.ca", client)?;
         Some(UpstreamTls {
+            trust_id: tls::client::trust_id(&anchors),
             ca_files,
             anchors,
             client,

@@ -7,6 +7,7 @@ pub mod error;
 pub mod headers;
 pub mod upgrade;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,19 +20,21 @@ use tracing::{info, warn};
 pub use self::error::ProxyError;
 use self::headers::Forwarding;
 use crate::body::{Streamed, UploadPace, UpstreamBody};
-use crate::config::Config;
+use crate::config::{Limits, Timeouts};
 use crate::connection::ConnectionInfo;
 use crate::routing::{self, Route, RouteTable};
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
-use crate::upstream::Upstreams;
+use crate::upstream::Pool;
 
 /// A response body: the upstream's, streamed, or a short one of our own.
 pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 
-/// Everything the request path needs, immutable after load and shared by all connections.
+/// Everything the request path needs: immutable, part of one generation, shared by all
+/// connections.
 pub struct Proxy {
     routes: RouteTable,
-    upstreams: Upstreams,
+    /// The pool of each route, in the table's order.
+    pools: Box<[Arc<Pool>]>,
     response_timeout: Duration,
     /// How slowly a request body may arrive.
     upload_pace: UploadPace,
@@ -39,17 +42,28 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Self {
+    /// `pools` holds each route's pool in `routes`' order.
+    pub fn new(
+        routes: RouteTable,
+        pools: Box<[Arc<Pool>]>,
+        timeouts: &Timeouts,
+        limits: &Limits,
+    ) -> Self {
+        debug_assert_eq!(routes.len(), pools.len());
         Self {
-            routes: config.routes.clone(),
-            upstreams: Upstreams::new(config),
-            response_timeout: config.timeouts.response,
+            routes,
+            pools,
+            response_timeout: timeouts.response,
             upload_pace: UploadPace {
-                stall: config.timeouts.client_header,
-                min_rate: config.limits.min_upload_rate,
+                stall: timeouts.client_header,
+                min_rate: limits.min_upload_rate,
             },
-            tunnel_idle: config.timeouts.tunnel_idle,
+            tunnel_idle: timeouts.tunnel_idle,
         }
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
     }
 
     /// Proxies one request. Never fails: errors become a status code, a short plain-text body
@@ -60,7 +74,8 @@ impl Proxy {
         conn: &ConnectionInfo,
     ) -> Response<ProxyBody> {
         let peer = conn.peer;
-        let route = self.routes.find(req.uri().path());
+        let found = self.routes.lookup(req.uri().path());
+        let route = found.map(|(_, route)| route);
         let route_name = route.map_or("-", |r| r.prefix.as_str());
         let mut access = AccessLog {
             peer,
@@ -75,7 +90,10 @@ impl Proxy {
         // depend on whether some route happens to match.
         let result = match (check_request(&req), route) {
             (Err(err), _) => Err(err),
-            (Ok(()), Some(route)) => self.forward(route, req, conn).await,
+            (Ok(()), Some(route)) => {
+                let pool = &self.pools[found.map_or(0, |(i, _)| i)];
+                self.forward(route, pool, req, conn).await
+            }
             (Ok(()), None) => Err(ProxyError::NoRoute),
         };
         let response = match result {
@@ -98,6 +116,7 @@ impl Proxy {
     async fn forward(
         &self,
         route: &Route,
+        pool: &Pool,
         mut req: Request<Incoming>,
         conn: &ConnectionInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -140,9 +159,9 @@ impl Proxy {
         // certificate is checked against; a preserved Host therefore travels over HTTP/1.1, as
         // does an upgrade, which HTTP/2 cannot carry.
         let client = if upgrade.is_some() || route.preserve_host {
-            &self.upstreams.http1_client
+            &pool.http1_client
         } else {
-            &self.upstreams.client
+            &pool.client
         };
         // One client connection has at most `upstream_per_connection` requests at the upstreams;
         // the turn is held until the response body has been sent.

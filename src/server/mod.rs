@@ -25,12 +25,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use self::admission::{AcceptErrors, Admission, DescriptorBudget, PerIp, Throttle};
+use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
 use self::watchdog::{Activity, Clocks, Tracked, Verdict, Watched};
-use crate::config::{Config, Limits, Timeouts};
+use crate::config::{Limits, Timeouts};
 use crate::connection::UpstreamTurns;
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
-use crate::proxy::Proxy;
 
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -41,42 +40,62 @@ pub const MAX_REQUEST_HEADERS: usize = 100;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a client connection may take: counts, and the clocks of [`watchdog::supervise`].
+/// What the listener admits, fixed while it serves: client connections and upstream turns in
+/// total and per source.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    pub clocks: Clocks,
+pub struct AdmissionLimits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
-    pub h2_max_streams: u32,
-    pub upstream_per_connection: usize,
     pub upstream_per_ip: usize,
     /// Upstream connections for the whole proxy: what the descriptors leave after clients.
     pub upstream_total: usize,
 }
 
-impl ConnectionLimits {
-    pub fn new(timeouts: &Timeouts, limits: &Limits, max_connections: usize) -> Self {
+impl AdmissionLimits {
+    pub fn new(limits: &Limits, max_connections: usize) -> Self {
         Self {
-            clocks: Clocks {
-                client_header: timeouts.client_header,
-                idle: timeouts.idle,
-                client_send: timeouts.client_send,
-            },
             max_connections,
             max_connections_per_ip: limits.max_connections_per_ip,
-            h2_max_streams: limits.h2_max_streams,
-            upstream_per_connection: limits.upstream_per_connection,
             upstream_per_ip: limits.upstream_per_ip,
             upstream_total: Semaphore::MAX_PERMITS,
         }
     }
 }
 
+/// What one new connection is served with, read when it is accepted: fixed for a backend, the
+/// current generation's for the proxy, so a reload reaches every connection opened after it.
+#[derive(Debug, Clone)]
+pub struct PerConnection {
+    pub tls: Arc<ServerConfig>,
+    /// The clocks of [`watchdog::supervise`].
+    pub clocks: Clocks,
+    pub h2_max_streams: u32,
+    pub upstream_per_connection: usize,
+}
+
+impl PerConnection {
+    pub fn new(tls: Arc<ServerConfig>, timeouts: &Timeouts, limits: &Limits) -> Self {
+        Self {
+            tls,
+            clocks: Clocks {
+                client_header: timeouts.client_header,
+                idle: timeouts.idle,
+                client_send: timeouts.client_send,
+            },
+            h2_max_streams: limits.h2_max_streams,
+            upstream_per_connection: limits.upstream_per_connection,
+        }
+    }
+}
+
+/// Gives each new connection its settings.
+pub type SettingsSource = Arc<dyn Fn() -> PerConnection + Send + Sync>;
+
 /// A TLS listener serving HTTP/1.1 and HTTP/2 (chosen by ALPN or the connection preface).
 pub struct TlsServer {
-    acceptor: TlsAcceptor,
+    settings: SettingsSource,
     http: auto::Builder<TokioExecutor>,
-    limits: ConnectionLimits,
+    admission: AdmissionLimits,
     shutdown_grace: Duration,
 }
 
@@ -89,17 +108,19 @@ impl TlsServer {
             client_header,
             ..Timeouts::default()
         };
-        let limits = ConnectionLimits::new(
-            &timeouts,
-            &Limits::default(),
-            crate::config::DEFAULT_MAX_CONNECTIONS,
-        );
-        Self::with_limits(tls, limits, shutdown_grace)
+        let limits = Limits::default();
+        let settings = PerConnection::new(tls, &timeouts, &limits);
+        let admission = AdmissionLimits::new(&limits, crate::config::DEFAULT_MAX_CONNECTIONS);
+        Self::with_settings(
+            Arc::new(move || settings.clone()),
+            admission,
+            shutdown_grace,
+        )
     }
 
-    pub fn with_limits(
-        tls: Arc<ServerConfig>,
-        limits: ConnectionLimits,
+    pub fn with_settings(
+        settings: SettingsSource,
+        admission: AdmissionLimits,
         shutdown_grace: Duration,
     ) -> Self {
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -113,13 +134,12 @@ impl TlsServer {
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_REQUEST_HEAD as u32)
-            .max_concurrent_streams(limits.h2_max_streams)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
         Self {
-            acceptor: TlsAcceptor::from(tls),
+            settings,
             http,
-            limits,
+            admission,
             shutdown_grace,
         }
     }
@@ -138,15 +158,13 @@ impl TlsServer {
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let limits = self.admission;
         let connections = Arc::new(Semaphore::new(
-            self.limits.max_connections.min(Semaphore::MAX_PERMITS),
+            limits.max_connections.min(Semaphore::MAX_PERMITS),
         ));
-        let per_ip = PerIp::new(
-            self.limits.max_connections_per_ip,
-            self.limits.upstream_per_ip,
-        );
+        let per_ip = PerIp::new(limits.max_connections_per_ip, limits.upstream_per_ip);
         let proxy_turns = Arc::new(Semaphore::new(
-            self.limits.upstream_total.min(Semaphore::MAX_PERMITS),
+            limits.upstream_total.min(Semaphore::MAX_PERMITS),
         ));
         // Every connection and tunnel holds a receiver: `closed()` tells when all have ended.
         let (draining, drain) = watch::channel(false);
@@ -186,8 +204,9 @@ impl TlsServer {
                 }
                 continue;
             };
+            let settings = (self.settings)();
             let upstream_turns = UpstreamTurns {
-                connection: Arc::new(Semaphore::new(self.limits.upstream_per_connection)),
+                connection: Arc::new(Semaphore::new(settings.upstream_per_connection)),
                 source: ip_share.upstream_turns.clone(),
                 proxy: proxy_turns.clone(),
             };
@@ -197,9 +216,8 @@ impl TlsServer {
                 upstream_turns,
                 accepted: Instant::now(),
                 admission: Admission::new(permit, ip_share),
-                acceptor: self.acceptor.clone(),
                 http: self.http.clone(),
-                limits: self.limits,
+                settings,
                 drain: drain.clone(),
             };
             tokio::spawn(connection.serve(handler.clone()));
@@ -227,9 +245,8 @@ struct Connection {
     upstream_turns: UpstreamTurns,
     accepted: Instant,
     admission: Arc<Admission>,
-    acceptor: TlsAcceptor,
     http: auto::Builder<TokioExecutor>,
-    limits: ConnectionLimits,
+    settings: PerConnection,
     drain: watch::Receiver<bool>,
 }
 
@@ -247,13 +264,14 @@ impl Connection {
             upstream_turns,
             accepted,
             admission,
-            acceptor,
-            http,
-            limits,
+            mut http,
+            settings,
             mut drain,
         } = self;
+        http.http2().max_concurrent_streams(settings.h2_max_streams);
+        let acceptor = TlsAcceptor::from(settings.tls);
         let _ = tcp.set_nodelay(true);
-        let clocks = limits.clocks;
+        let clocks = settings.clocks;
         let activity = Activity::new(accepted);
         let tls = match tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
@@ -332,59 +350,6 @@ impl Connection {
                 }
             }
         }
-    }
-}
-
-/// The proxy, ready to serve: the public TLS listener in front of [`Proxy`].
-pub struct Gateway {
-    server: TlsServer,
-    proxy: Arc<Proxy>,
-}
-
-impl Gateway {
-    /// Builds the listener and the proxy. Raises the soft descriptor limit to the hard one, and
-    /// serves fewer than `max_connections` clients at once when the descriptors cannot carry them.
-    pub fn new(config: &Config) -> Self {
-        let max_connections = config.server.max_connections;
-        let mut limits = ConnectionLimits::new(&config.timeouts, &config.limits, max_connections);
-        if let Some(usable) = admission::usable_descriptors() {
-            let budget = DescriptorBudget::split(usable, max_connections);
-            if budget.clients < max_connections {
-                warn!(
-                    max_connections,
-                    serving = budget.clients,
-                    "the file descriptor limit cannot carry [server] max_connections (clients get \
-                     at most half the descriptors, upstream connections the rest); raise the hard \
-                     limit (ulimit -n, docker --ulimit nofile=) to serve more"
-                );
-            }
-            info!(
-                clients = budget.clients,
-                upstream_connections = budget.upstreams,
-                "descriptor budget"
-            );
-            limits.max_connections = budget.clients;
-            limits.upstream_total = budget.upstreams;
-        }
-        Self {
-            server: TlsServer::with_limits(
-                config.server.tls.clone(),
-                limits,
-                config.server.shutdown_grace,
-            ),
-            proxy: Arc::new(Proxy::new(config)),
-        }
-    }
-
-    /// Serves on `listener` (bound by the caller, so tests can use an ephemeral port) until
-    /// `shutdown` completes; then drains as [`TlsServer::serve`] describes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let proxy = self.proxy;
-        let handler = move |req, info: Arc<ConnectionInfo>| {
-            let proxy = proxy.clone();
-            async move { proxy.handle(req, &info).await }
-        };
-        self.server.serve(listener, handler, shutdown).await;
     }
 }
 

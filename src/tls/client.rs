@@ -60,3 +60,15 @@ pub fn verifier(anchors: &[CertificateDer<'static>]) -> Result<Arc<ServerVerifie
         .map_err(|e| TrustError::Verifier(e.to_string()))?;
     Ok(Arc::new(ServerVerifier::new(webpki, anchors.to_vec())))
 }
+
+/// Identifies what upstream connections are verified with: SHA-256 over the anchors, in order.
+pub fn trust_id(anchors: &[CertificateDer<'static>]) -> [u8; 32] {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for anchor in anchors {
+        context.update(&(anchor.len() as u64).to_be_bytes());
+        context.update(anchor);
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(context.finish().as_ref());
+    id
+}

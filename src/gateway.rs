@@ -1,0 +1,72 @@
+//! The proxy, ready to serve: the public TLS listener in front of the current [`Generation`],
+//! held in an `ArcSwap` so a reload replaces it without a lock on the request path.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::connection::ConnectionInfo;
+use crate::generation::Generation;
+use crate::server::admission::{self, DescriptorBudget};
+use crate::server::{AdmissionLimits, TlsServer};
+
+pub struct Gateway {
+    server: TlsServer,
+    current: Arc<ArcSwap<Generation>>,
+}
+
+impl Gateway {
+    /// Builds generation 1 and the listener. Raises the soft descriptor limit to the hard one and
+    /// splits the descriptors between client and upstream connections.
+    pub fn new(config: &Config) -> Self {
+        let max_connections = config.server.max_connections;
+        let mut limits = AdmissionLimits::new(&config.limits, max_connections);
+        if let Some(usable) = admission::usable_descriptors() {
+            let budget = DescriptorBudget::split(usable, max_connections);
+            if budget.clients < max_connections {
+                warn!(
+                    max_connections,
+                    serving = budget.clients,
+                    "the file descriptor limit cannot carry [server] max_connections (clients get \
+                     at most half the descriptors, upstream connections the rest); raise the hard \
+                     limit (ulimit -n, docker --ulimit nofile=) to serve more"
+                );
+            }
+            info!(
+                clients = budget.clients,
+                upstream_connections = budget.upstreams,
+                "descriptor budget"
+            );
+            limits.max_connections = budget.clients;
+            limits.upstream_total = budget.upstreams;
+        }
+        let current = Arc::new(ArcSwap::from_pointee(Generation::build(config, 1, None)));
+        let source = current.clone();
+        let settings = Arc::new(move || source.load().connections.clone());
+        Self {
+            server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace),
+            current,
+        }
+    }
+
+    /// The generation serving now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    /// Serves on `listener` (bound by the caller, so tests can use an ephemeral port) until
+    /// `shutdown` completes; then drains as [`TlsServer::serve`] describes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let current = self.current;
+        let handler = move |req, info: Arc<ConnectionInfo>| {
+            // The request keeps the generation it started with to its end.
+            let generation = current.load_full();
+            async move { generation.proxy.handle(req, &info).await }
+        };
+        self.server.serve(listener, handler, shutdown).await;
+    }
+}
