@@ -11,12 +11,14 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::connection::ConnectionInfo;
 use crate::generation::Generation;
+use crate::reload::{self, Reloader};
 use crate::server::admission::{self, DescriptorBudget};
 use crate::server::{AdmissionLimits, TlsServer};
 
 pub struct Gateway {
     server: TlsServer,
     current: Arc<ArcSwap<Generation>>,
+    reloader: Arc<Reloader>,
 }
 
 impl Gateway {
@@ -49,8 +51,14 @@ impl Gateway {
         let settings = Arc::new(move || source.load().connections.clone());
         Self {
             server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace),
+            reloader: Arc::new(Reloader::new(config, current.clone())),
             current,
         }
+    }
+
+    /// Reloads the configuration now, as SIGHUP does (see [`crate::reload`]).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// The generation serving now.
@@ -59,8 +67,10 @@ impl Gateway {
     }
 
     /// Serves on `listener` (bound by the caller, so tests can use an ephemeral port) until
-    /// `shutdown` completes; then drains as [`TlsServer::serve`] describes.
+    /// `shutdown` completes; then drains as [`TlsServer::serve`] describes. Reloads on SIGHUP
+    /// and, with `[server] watch`, when the config or a file it names changes.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (_triggers, reloads) = reload::spawn(self.reloader);
         let current = self.current;
         let handler = move |req, info: Arc<ConnectionInfo>| {
             // The request keeps the generation it started with to its end.
@@ -68,5 +78,6 @@ impl Gateway {
             async move { generation.proxy.handle(req, &info).await }
         };
         self.server.serve(listener, handler, shutdown).await;
+        reloads.abort();
     }
 }

@@ -36,10 +36,12 @@ pub mod gateway;
 pub mod generation;
 pub mod pki;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 pub use config::Config;
 pub use gateway::Gateway;

@@ -27,6 +27,7 @@ pub(super) struct ServerTable {
     pub(super) cert: Spanned<String>,
     pub(super) key: Spanned<String>,
     pub(super) shutdown_grace: Option<Spanned<String>>,
+    pub(super) watch: Option<bool>,
     pub(super) max_connections: Option<Spanned<i64>>,
 }
 

@@ -49,6 +49,8 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// Client connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Reload when the config file or a file it names changes.
+    pub watch: bool,
 }
 
 /// `[upstream_tls]`: the internal CA, the only trust anchors for upstreams.
@@ -199,6 +201,16 @@ impl Config {
             .collect())
     }
 
+    /// Every file this config was built from: itself, the public certificate and key, the CA
+    /// files. A reload is due when one of them changes.
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        [&self.path, &self.server.cert, &self.server.key]
+            .into_iter()
+            .chain(&self.upstream_tls.ca_files)
+            .cloned()
+            .collect()
+    }
+
     /// The folder of a config file: its relative paths start there (`.` for a bare file name).
     pub fn folder(path: &Path) -> PathBuf {
         match path.parent() {
@@ -302,6 +314,7 @@ impl Loader<'_> {
             tls: tls?,
             shutdown_grace,
             max_connections: max_connections? as usize,
+            watch: table.watch.unwrap_or(true),
         })
     }
 

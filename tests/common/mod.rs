@@ -453,6 +453,8 @@ pub fn empty() -> Body {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
+    /// Reloads the config at `config_path`, as SIGHUP does.
+    pub reloader: Arc<trustgate::reload::Reloader>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -481,12 +483,14 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let gateway = trustgate::Gateway::new(&config);
+        let reloader = gateway.reloader();
         let task = tokio::spawn(gateway.serve(listener, async {
             let _ = stopped.await;
         }));
         Self {
             addr,
             config_path,
+            reloader,
             stop: Some(stop),
             task: Some(task),
         }
