@@ -12,13 +12,20 @@
 //! 1. [`server`] admits the connection ([`server::admission`]: the `max_connections` permit, the
 //!    per-IP share), runs the public TLS handshake and serves HTTP/1.1 or HTTP/2 on it, while
 //!    [`server::watchdog`] closes it when the client stalls, idles or stops reading.
-//! 2. [`proxy::Proxy::handle`] picks the route ([`routing`]), rewrites the path and headers
-//!    ([`proxy::headers`]) and sends the request through the pooled upstream client ([`upstream`]).
-//! 3. The response streams back; failures become a status code in one place ([`proxy::error`]).
+//! 2. [`gateway::Gateway`] hands the request to the current [`generation::Generation`]'s
+//!    [`proxy::Proxy::handle`], which picks the route ([`routing`]), rewrites the path and headers
+//!    ([`proxy::headers`]) and sends the request through the route's pool ([`upstream`]), waiting
+//!    for a turn ([`connection`]) first.
+//! 3. The response streams back ([`body`]); failures become a status code in one place
+//!    ([`proxy::error`]).
 //!
-//! Everything the proxy needs is built once, at load, by [`config::Config::load`]: TLS configs,
-//! trust roots and the route table are immutable afterwards, so the request path takes no lock of
-//! its own (the upstream connection pool inside hyper-util keeps its own).
+//! # Generations and reloads
+//! Everything the request path reads (the public TLS config, connection clocks, routes, one
+//! upstream pool per upstream trust) is one immutable [`generation::Generation`], built from a
+//! [`config::Config`] (the loader `check` uses too) and held in an `ArcSwap`: the request path
+//! takes no lock of its own. [`reload`] builds a new generation on SIGHUP or when a watched file
+//! changes ([`watch`]) and swaps it in, all or nothing; a request finishes on the generation it
+//! started with.
 //!
 //! # Around the proxy
 //! - [`pki`] runs the internal CA (offline root, constrained intermediate, one leaf per service);
