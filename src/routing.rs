@@ -461,7 +461,14 @@ mod tests {
     /// accepted, so its route could never be reached.
     #[test]
     fn prefixes_no_request_can_reach_are_refused() {
-        for bad in ["/%2f", "/a%2Fb", "/files/%5c", "/a\\b", "/%2e%2e/x", "/a/.;x"] {
+        for bad in [
+            "/%2f",
+            "/a%2Fb",
+            "/files/%5c",
+            "/a\\b",
+            "/%2e%2e/x",
+            "/a/.;x",
+        ] {
             let err = Prefix::parse(bad).unwrap_err();
             assert!(err.contains("can never match"), "{bad}: {err}");
         }
@@ -508,7 +515,12 @@ mod tests {
             let err = Upstream::parse(bad).unwrap_err();
             assert!(err.contains("is not host[:port]"), "{bad}: {err}");
         }
-        for good in ["https://[::1]:8443/", "https://[::1]/", "https://h:1/", "https://h/"] {
+        for good in [
+            "https://[::1]:8443/",
+            "https://[::1]/",
+            "https://h:1/",
+            "https://h/",
+        ] {
             assert!(Upstream::parse(good).is_ok(), "{good}");
         }
     }

@@ -110,7 +110,11 @@ fn overlapping_path() -> impl Strategy<Value = String> {
 
 fn upstream() -> impl Strategy<Value = String> {
     let host = prop::sample::select(vec![
-        "backend", "Backend-API:8443", "svc:443", "10.0.0.5:9443", "[::1]:8443",
+        "backend",
+        "Backend-API:8443",
+        "svc:443",
+        "10.0.0.5:9443",
+        "[::1]:8443",
     ]);
     let base = prop::collection::vec("[a-z]{1,3}", 0..=2);
     (host, base, any::<bool>()).prop_map(|(host, base, slash)| {
@@ -169,9 +173,22 @@ proptest! {
 
 fn header_name() -> impl Strategy<Value = HeaderName> {
     prop::sample::select(vec![
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-        "upgrade", "host", "content-length", "x-forwarded-for", "x-forwarded-host",
-        "x-forwarded-proto", "location", "content-location", "x-a", "accept",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "location",
+        "content-location",
+        "x-a",
+        "accept",
     ])
     .prop_map(HeaderName::from_static)
 }
@@ -179,8 +196,18 @@ fn header_name() -> impl Strategy<Value = HeaderName> {
 fn header_value() -> impl Strategy<Value = HeaderValue> {
     let tokens = prop::collection::vec(
         prop::sample::select(vec![
-            "close", "Upgrade", " KEEP-ALIVE ", "x-a", "host", "content-length", "te",
-            "x-forwarded-for", "location", "accept", "", "bad name",
+            "close",
+            "Upgrade",
+            " KEEP-ALIVE ",
+            "x-a",
+            "host",
+            "content-length",
+            "te",
+            "x-forwarded-for",
+            "location",
+            "accept",
+            "",
+            "bad name",
         ]),
         1..=3,
     )
@@ -253,7 +280,11 @@ fn config_text() -> impl Strategy<Value = String> {
             "https://u@backend/",
             "https://bad_name!/",
         ]),
-        prop::option::of(prop::sample::select(vec!["10.0.0.5:8443", "10.0.0.6:8443", "x"])),
+        prop::option::of(prop::sample::select(vec![
+            "10.0.0.5:8443",
+            "10.0.0.6:8443",
+            "x",
+        ])),
     );
     (
         listen,
@@ -266,7 +297,11 @@ fn config_text() -> impl Strategy<Value = String> {
         prop::option::of((any::<prop::sample::Index>(), "\\PC{0,4}")),
     )
         .prop_map(|(listen, cert, key, ca, timeout, limit, routes, splice)| {
-            let ca = ca.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+            let ca = ca
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let mut text = format!(
                 "[server]\nlisten = {listen:?}\ncert = {cert:?}\nkey = {key:?}\n\n\
                  [upstream_tls]\nca = [{ca}]\n"
