@@ -243,11 +243,12 @@ fn percent_decode(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((h * 16 + l) as u8);
+        let escape = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|pair| Some(hex(pair[0])? * 16 + hex(pair[1])?));
+        if let Some(byte) = escape {
+            out.push(byte as u8);
             i += 3;
             continue;
         }
@@ -432,8 +433,9 @@ fn check_stripped(
     rewritten: &[HeaderName],
     response: bool,
 ) {
-    const HOP_BY_HOP: [&str; 8] = [
+    const HOP_BY_HOP: [&str; 9] = [
         "connection",
+        "close",
         "keep-alive",
         "proxy-connection",
         "te",

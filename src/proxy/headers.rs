@@ -13,11 +13,15 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+/// A reserved field name (RFC 9110 section 16.3.2.1): `Connection: close` names it, so it never
+/// passes.
+static CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 section 7.6.1).
 /// `HTTP2-Settings` only ever accompanies an h2c upgrade of the connection (RFC 7540 section 3.2).
-const HOP_BY_HOP: [&HeaderName; 8] = [
+const HOP_BY_HOP: [&HeaderName; 9] = [
     &header::CONNECTION,
+    &CLOSE,
     &KEEP_ALIVE,
     &PROXY_CONNECTION,
     &HTTP2_SETTINGS,

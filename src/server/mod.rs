@@ -1,7 +1,7 @@
 //! The public side: accept TCP, run the TLS handshake, serve HTTP/1.1 or HTTP/2 on each
 //! connection, and drain in-flight requests on shutdown.
 //!
-//! [`TlsServer`] is generic over the request handler so the proxy ([`Gateway`]), the echo backend
+//! [`TlsServer`] is generic over the request handler so the proxy ([`crate::gateway::Gateway`]), the echo backend
 //! and the test backends all share one accept loop with the same timeouts and shutdown behaviour.
 
 pub mod admission;
