@@ -310,6 +310,11 @@ pub fn spawn(reloader: Arc<Reloader>) -> (Triggers, tokio::task::JoinHandle<()>)
     let on_change = triggers.clone();
     let task = tokio::spawn(async move {
         let mut watching = rewatch(&reloader, None, &on_change);
+        // A change made after the config was loaded but before the watch began raised no event:
+        // look once (the hash makes it cheap when nothing changed).
+        if watching.is_some() {
+            on_change.trigger();
+        }
         loop {
             if rx.recv().await.is_none() {
                 return;
@@ -331,20 +336,24 @@ pub fn spawn(reloader: Arc<Reloader>) -> (Triggers, tokio::task::JoinHandle<()>)
 }
 
 /// Watches the folders of the files the serving generation was built from (none when
-/// `[server] watch = false`), replacing `old`.
+/// `[server] watch = false`), replacing `old`. `old` watches until the new watch is in place, so
+/// a change made meanwhile is not lost; it stays when no new watch can be made.
 fn rewatch(
     reloader: &Reloader,
     old: Option<FolderWatch>,
     triggers: &Triggers,
 ) -> Option<FolderWatch> {
-    drop(old);
     let files = reloader.watched()?;
     let triggers = triggers.clone();
     match FolderWatch::new(&files, move || triggers.trigger()) {
         Ok(watch) => Some(watch),
         Err(e) => {
-            warn!(error = %e, "cannot watch the config's files; reload with SIGHUP");
-            None
+            warn!(
+                error = %e,
+                "cannot watch the config's files (a previous watch, if any, stays); reload with \
+                 SIGHUP"
+            );
+            old
         }
     }
 }
