@@ -259,7 +259,9 @@ impl Reloader {
     fn try_reload(&self) -> Result<Outcome, ConfigError> {
         let started = Instant::now();
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
-        if hash_files(&serving.inputs_paths) == serving.inputs {
+        // Hashed before loading: a file that changes while it loads makes the next trigger differ.
+        let before = hash_files(&serving.inputs_paths);
+        if before == serving.inputs {
             return Ok(Outcome::Unchanged);
         }
         let config = Config::load(&self.path)?;
@@ -267,7 +269,10 @@ impl Reloader {
         if !problems.is_empty() {
             return Err(ConfigError { problems });
         }
-        let facts = Facts::of(&config);
+        let mut facts = Facts::of(&config);
+        if facts.inputs_paths == serving.inputs_paths {
+            facts.inputs = before;
+        }
         let previous = self.current.load_full();
         let generation = Generation::build(&config, previous.number + 1, Some(&previous));
         let number = generation.number;
