@@ -238,6 +238,11 @@ impl Reloader {
         }
     }
 
+    /// The generation serving now (what [`crate::Gateway::current`] returns).
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
     /// Reloads now; logs the outcome (one `info` line, or one `error` line per problem).
     pub fn reload(&self) -> Result<Outcome, ConfigError> {
         let result = self.try_reload();

@@ -55,7 +55,8 @@ pub struct ServerCert {
 }
 
 impl ServerCert {
-    fn from_issued(issued: trustgate::pki::Issued, intermediates: &[&Ca]) -> Self {
+    /// `issued` presented with `intermediates` after it.
+    pub fn from_issued(issued: trustgate::pki::Issued, intermediates: &[&Ca]) -> Self {
         let mut chain = vec![issued.cert];
         let mut chain_pem = issued.cert_pem;
         for ca in intermediates {
