@@ -101,21 +101,38 @@ fn span(duration: time::Duration) -> String {
 }
 
 /// The certificates of a system trust store, compared byte for byte.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SystemStore {
     certs: HashSet<Vec<u8>>,
 }
 
 impl SystemStore {
     /// Whichever of the distributions' stores ([`SYSTEM_STORES`]) exist and can be read; empty
-    /// when none does (a scratch image).
+    /// when none does (a scratch image). Parsed once and kept while the files' sizes and times
+    /// stay the same: every reload asks, and parsing ~150 roots costs far more than a stat.
     pub fn distribution() -> Self {
+        type Stamp = Vec<Option<(u64, std::time::SystemTime)>>;
+        static CACHE: std::sync::Mutex<Option<(Stamp, SystemStore)>> = std::sync::Mutex::new(None);
+        let stamp: Stamp = SYSTEM_STORES
+            .iter()
+            .map(|path| {
+                let meta = std::fs::metadata(path).ok()?;
+                Some((meta.len(), meta.modified().ok()?))
+            })
+            .collect();
+        let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, store)) = cache.as_ref()
+            && *cached == stamp
+        {
+            return store.clone();
+        }
         let mut store = Self::default();
         for path in SYSTEM_STORES {
             if let Ok(bytes) = std::fs::read(path) {
                 store.add_pem(&bytes);
             }
         }
+        *cache = Some((stamp, store.clone()));
         store
     }
 
