@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the Docker deployment on a real engine, with no registry: a static binary,
 # an image FROM scratch, certificates from `trustgate pki`, and docker/compose.yml brought up
-# as shipped. Fails when Docker is missing. Cleans up on success and on failure.
+# as shipped, then every certificate renewed with `trustgate pki renew` while a client keeps
+# requesting: new serials served, no request failed, no container restarted. Fails when Docker
+# is missing. Cleans up on success and on failure.
 #
 #   docker/e2e.sh
 set -euo pipefail
@@ -25,8 +27,10 @@ work=$(mktemp -d)
 project="trustgate-e2e-$$"
 image="trustgate:e2e-$$"
 compose() { "${compose_cmd[@]}" -p "$project" -f "$work/deploy/compose.yml" "$@"; }
+loop=""
 cleanup() {
   local status=$?
+  [ -n "$loop" ] && kill "$loop" 2>/dev/null || true
   if [ $status -ne 0 ] && [ -f "$work/deploy/compose.yml" ]; then
     echo "--- proxy logs ---" >&2
     compose logs --no-color proxy 2>&1 | tail -40 >&2 || true
@@ -131,6 +135,97 @@ if "$bin" audit -c "$work/bad/trustgate.toml" --compose "$work/bad/compose.yml" 
   fail "audit passed although backend-api publishes a port"
 fi
 grep -q "backend-publishes-port" "$work/audit-bad.txt" || fail "audit did not name the published port"
+
+say "renewal without restart: trustgate pki renew on the host while a client keeps requesting"
+# Serials as lowercase hex without leading zeros, whichever tool printed them.
+norm() { tr 'A-F' 'a-f' | sed 's/^0*//'; }
+file_serial() { openssl x509 -in "$1" -noout -serial | cut -d= -f2 | norm; }
+# The certificate a fresh TLS handshake with the proxy gets.
+public_serial() {
+  openssl s_client -connect "localhost:$port" -servername localhost </dev/null 2>/dev/null |
+    openssl x509 -noout -serial 2>/dev/null | cut -d= -f2 | norm
+}
+# The serial the echo behind $1 names in its answer (the certificate it serves new connections).
+echo_serial() {
+  curl -s --max-time 5 --cacert "$cacert" "https://localhost:$port$1" |
+    sed -n 's/^tls certificate serial: //p' | norm
+}
+containers() {
+  for id in $(compose ps -q); do docker inspect --format '{{.Name}} restarts={{.RestartCount}} started={{.State.StartedAt}}' "$id"; done | sort
+}
+certs="$work/deploy/certs"
+old_public=$(file_serial "$certs/public/server.crt")
+old_api=$(file_serial "$certs/backend-api/server.crt")
+old_reports=$(file_serial "$certs/backend-reports/server.crt")
+[ "$(public_serial)" = "$old_public" ] || fail "the proxy does not serve certs/public/server.crt"
+[ "$(echo_serial /api/serial)" = "$old_api" ] || fail "backend-api does not name its certificate"
+[ "$(echo_serial /reports/serial)" = "$old_reports" ] || fail "backend-reports does not name its certificate"
+containers > "$work/containers.before"
+
+# A new client connection per request, for at most 60 s or until told to stop.
+rm -f "$work/stop"
+(
+  ok=0 failed=0 end=$((SECONDS + 60))
+  while [ "$SECONDS" -lt "$end" ] && [ ! -f "$work/stop" ]; do
+    for path in /api/loop /reports/loop; do
+      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert "$cacert" "https://localhost:$port$path" || true)
+      if [ "$code" = 200 ]; then ok=$((ok + 1)); else failed=$((failed + 1)); echo "$path: ${code:-no answer}" >> "$work/loop.failures"; fi
+    done
+  done
+  echo "$ok $failed" > "$work/loop.counts"
+) &
+loop=$!
+sleep 2
+
+pki_host() { "$bin" pki --proxy-config "$work/deploy/trustgate.toml" "$@"; }
+# Every leaf: the window is longer than any certificate's remaining life.
+pki_host renew --ca "$work/ca/intermediate" --certs "$certs" --within 3650d | grep '^renewed' || fail "pki renew"
+pki_host renew --ca "$work/ca/public-ca" --certs "$certs/public" --within 3650d | grep '^renewed' || fail "pki renew"
+[ "$(id -u)" = 0 ] && chown 65532:65532 "$certs"/*/server.key
+new_public=$(file_serial "$certs/public/server.crt")
+new_api=$(file_serial "$certs/backend-api/server.crt")
+new_reports=$(file_serial "$certs/backend-reports/server.crt")
+[ "$new_public" != "$old_public" ] && [ "$new_api" != "$old_api" ] && [ "$new_reports" != "$old_reports" ] ||
+  fail "pki renew did not renew every leaf"
+
+# Polls until `$1` prints `$2`, for at most 20 s.
+wait_for() {
+  local got=""
+  for _ in $(seq 1 80); do
+    got=$($1) && [ "$got" = "$2" ] && return 0
+    sleep 0.25
+  done
+  fail "$1 gave ${got:-nothing}, wanted $2"
+}
+wait_for public_serial "$new_public"
+echo "proxy public certificate: serial $old_public -> $new_public (fresh handshake on localhost:$port)"
+wait_for "echo_serial /api/serial" "$new_api"
+wait_for "echo_serial /reports/serial" "$new_reports"
+sleep 2
+touch "$work/stop"
+wait "$loop"
+loop=""
+read -r ok failed < "$work/loop.counts"
+echo "client loop during the renewal: $ok requests answered 200, $failed failed"
+[ "$failed" = 0 ] || fail "requests failed during the renewal: $(sort "$work/loop.failures" | uniq -c | tr '\n' ' ')"
+[ "$ok" -gt 0 ] || fail "the client loop made no request"
+
+# The proxy's pooled connections to the backends were opened before the renewal; a backend closes
+# a connection idle for 60 s ([timeouts] idle), so past that every request handshakes afresh and
+# the serial the echo names is the one that handshake presented and the proxy verified.
+echo "waiting 62 s for the proxy's upstream connections to go idle and close"
+sleep 62
+[ "$(echo_serial /api/serial)" = "$new_api" ] || fail "backend-api does not present its new certificate"
+[ "$(echo_serial /reports/serial)" = "$new_reports" ] || fail "backend-reports does not present its new certificate"
+echo "backend-api certificate: serial $old_api -> $new_api (new upstream connection, verified by the proxy)"
+echo "backend-reports certificate: serial $old_reports -> $new_reports (new upstream connection, verified by the proxy)"
+containers > "$work/containers.after"
+diff "$work/containers.before" "$work/containers.after" >&2 || fail "a container restarted during the renewal"
+sed 's/^/unchanged: /' "$work/containers.after"
+compose logs --no-color proxy 2>&1 | grep -F "reload applied" | tail -1
+for service in backend-api backend-reports; do
+  compose logs --no-color "$service" 2>&1 | grep -F "echo certificate reloaded" | tail -1
+done
 
 say "a backend with a certificate for the wrong name gets 502 and a log line saying why"
 "$bin" pki --proxy-config "$work/deploy/trustgate.toml" issue --ca "$work/ca/intermediate" \

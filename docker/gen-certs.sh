@@ -9,13 +9,15 @@
 #   DIR/root          the offline root: move it to offline storage once the intermediate exists
 #   DIR/intermediate  signs one certificate per service; constrained to the service names
 #   DIR/public-ca     a stand-in for your public CA, so the example runs without one
-# Mounted files, written under certs/ of the deployment folder (--deploy, default: docker/, the
+# Mounted folders (compose.yml mounts each folder, not its files, so renewals reach the running
+# containers), written under certs/ of the deployment folder (--deploy, default: docker/, the
 # folder holding compose.yml and trustgate.toml):
 #   certs/<service>/server.crt, server.key   one certificate per backend, SAN = service name
 #   certs/public/server.crt, server.key      the proxy's public certificate (localhost)
 #   certs/internal/ca.pem                    the internal root's certificate: the proxy's only anchor
 #   certs/public-ca.pem                      for clients: curl --cacert docker/certs/public-ca.pem
-# Safe to run again: what exists is kept. Renew with `trustgate pki renew` (see the README).
+# Safe to run again: what exists is kept. Renew with `trustgate pki renew` (see the README): the
+# proxy and the backends reload the new files by themselves.
 set -euo pipefail
 
 deploy=$(cd "$(dirname "$0")" && pwd)

@@ -61,7 +61,8 @@ pub enum Command {
     },
     /// Run the internal CA: offline root, intermediate, one certificate per service.
     Pki(trustgate::pki::commands::PkiArgs),
-    /// Run the HTTPS echo backend: it answers each request with what it received.
+    /// Run the HTTPS echo backend: it answers each request with what it received. Reloads its
+    /// certificate and key on SIGHUP and when they change.
     Echo {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:8443")]

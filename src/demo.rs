@@ -12,10 +12,10 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::echo;
 use crate::gateway::Gateway;
 use crate::pki::{Ca, LeafRequest, Validity};
 use crate::server::shutdown_signal;
-use crate::{echo, tls};
 
 /// Files the demo writes, relative to its folder.
 const CONFIG: &str = "trustgate.toml";
@@ -32,9 +32,9 @@ pub async fn run(listen: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()>
     let backend_addr = backend.local_addr()?;
     write_files(&dir, listen, backend_addr)?;
 
-    let backend_tls = tls::server::config(
-        tls::load_certs(&dir.join("backend/server.crt"))?,
-        tls::load_key(&dir.join("backend/server.key"))?,
+    let backend_tls = echo::Identity::load(
+        &dir.join("backend/server.crt"),
+        &dir.join("backend/server.key"),
     )?;
     let config = Config::load(&dir.join(CONFIG))?;
     let listener = TcpListener::bind(listen).await.with_context(|| {

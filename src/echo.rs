@@ -1,38 +1,152 @@
 //! A small HTTPS echo backend for the demo, the Docker example and the end-to-end tests: it
-//! answers every request with what it received, including the SNI the client sent, so one can
-//! see what the proxy forwarded.
+//! answers every request with what it received, including the SNI the client sent and the serial
+//! of the certificate it serves, so one can see what the proxy forwarded and which certificate
+//! the backend presents.
+//!
+//! Served from files ([`serve_files`]), it reloads its certificate and key on SIGHUP and when
+//! their folders change (the way `trustgate pki renew` replaces them), with no restart: new
+//! connections get the new pair, open ones keep theirs. A pair that does not load or does not
+//! match keeps the old one serving and logs why.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Context as _, anyhow};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tracing::{error, info, warn};
 
 use crate::connection::ConnectionInfo;
+use crate::pki::inspect::CertInfo;
+use crate::reload::{self, Triggers};
 use crate::server::TlsServer;
+use crate::tls;
+use crate::watch::FolderWatch;
 
 /// Request bodies larger than this get 413: the echo keeps the body in memory to send it back.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// Serves the echo on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<ServerConfig>,
-    shutdown: impl Future<Output = ()>,
-) {
-    TlsServer::new(tls, Duration::from_secs(10), Duration::from_secs(5))
-        .serve(listener, respond, shutdown)
-        .await;
+/// What the echo presents: its TLS config, and its certificate's serial for the answers.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub tls: Arc<ServerConfig>,
+    /// Lowercase hex, as `trustgate pki list` and `inspect` print it.
+    pub serial: String,
 }
 
-async fn respond(req: Request<Incoming>, info: Arc<ConnectionInfo>) -> Response<Full<Bytes>> {
+impl Identity {
+    /// Fails when the key does not match the chain's first certificate.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> anyhow::Result<Self> {
+        let serial = CertInfo::parse(chain.first().ok_or_else(|| anyhow!("no certificate"))?)
+            .map_err(|e| anyhow!(e))?
+            .serial;
+        Ok(Self {
+            tls: tls::server::config(chain, key)?,
+            serial,
+        })
+    }
+
+    /// Reads the pair; errors name the files and the reason.
+    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
+        Self::new(tls::load_certs(cert)?, tls::load_key(key)?)
+            .with_context(|| format!("cannot use {} with {}", cert.display(), key.display()))
+    }
+}
+
+/// Serves the echo on `listener` with a fixed identity until `shutdown` completes.
+pub async fn serve(listener: TcpListener, identity: Identity, shutdown: impl Future<Output = ()>) {
+    serve_current(
+        listener,
+        Arc::new(ArcSwap::from_pointee(identity)),
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves the echo with the pair in `cert` and `key` until `shutdown` completes, reloading it on
+/// SIGHUP and on changes in their folders. Fails only when the first pair does not load.
+pub async fn serve_files(
+    listener: TcpListener,
+    cert: PathBuf,
+    key: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let identity = Identity::load(&cert, &key)?;
+    info!(serial = %identity.serial, "echo certificate loaded");
+    let current = Arc::new(ArcSwap::from_pointee(identity));
+    let (triggers, mut batches) = Triggers::new();
+    let watch = {
+        let triggers = triggers.clone();
+        FolderWatch::new(&[cert.clone(), key.clone()], move || triggers.trigger())
+            .map_err(
+                |e| warn!(error = %e, "cannot watch the certificate's folders; reload with SIGHUP"),
+            )
+            .ok()
+    };
+    reload::spawn_sighup(triggers);
+    let swapped = current.clone();
+    let reloads = tokio::spawn(async move {
+        let _watch = watch;
+        while batches.next().await {
+            let (cert, key) = (cert.clone(), key.clone());
+            match tokio::task::spawn_blocking(move || Identity::load(&cert, &key)).await {
+                // The same pair again (a chown, a touch): nothing to do.
+                Ok(Ok(new)) if new.serial == swapped.load().serial => {}
+                Ok(Ok(new)) => {
+                    info!(serial = %new.serial, "echo certificate reloaded");
+                    swapped.store(Arc::new(new));
+                }
+                Ok(Err(e)) => error!(
+                    error = format!("{e:#}"),
+                    "echo certificate not reloaded; the previous one keeps serving"
+                ),
+                Err(e) => error!(error = %e, "the reload task failed"),
+            }
+        }
+    });
+    serve_current(listener, current, shutdown).await;
+    reloads.abort();
+    Ok(())
+}
+
+async fn serve_current(
+    listener: TcpListener,
+    current: Arc<ArcSwap<Identity>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let tls = current.clone();
+    TlsServer::with_tls(
+        Arc::new(move || tls.load().tls.clone()),
+        Duration::from_secs(10),
+        Duration::from_secs(5),
+    )
+    .serve(
+        listener,
+        move |req, info| respond(req, info, current.load().serial.clone()),
+        shutdown,
+    )
+    .await;
+}
+
+/// `serial` is the certificate the echo serves now, to new connections.
+async fn respond(
+    req: Request<Incoming>,
+    info: Arc<ConnectionInfo>,
+    serial: String,
+) -> Response<Full<Bytes>> {
     let mut text = format!(
-        "trustgate echo backend\ntls sni: {}\npeer: {}\n\n{} {} {:?}\n",
+        "trustgate echo backend\ntls sni: {}\ntls certificate serial: {serial}\npeer: {}\n\n{} {} {:?}\n",
         info.sni.as_deref().unwrap_or("(none)"),
         info.peer,
         req.method(),

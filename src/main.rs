@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LogFormat};
 use trustgate::server::shutdown_signal;
-use trustgate::{Config, Gateway, demo, echo, tls};
+use trustgate::{Config, Gateway, demo, echo};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -88,13 +88,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Echo { listen, cert, key } => {
-            let tls = tls::server::config(tls::load_certs(&cert)?, tls::load_key(&key)?)
-                .with_context(|| format!("cannot use {} with {}", cert.display(), key.display()))?;
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(%listen, "echo backend listening");
-            echo::serve(listener, tls, shutdown_signal()).await;
+            echo::serve_files(listener, cert, key, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -306,17 +306,39 @@ impl Reloader {
 pub struct Triggers(mpsc::Sender<()>);
 
 impl Triggers {
+    /// A trigger channel of capacity one; its [`Batches`] goes to the one task that reloads.
+    pub fn new() -> (Self, Batches) {
+        let (tx, rx) = mpsc::channel::<()>(1);
+        (Self(tx), Batches(rx))
+    }
+
     /// Asks for a reload; coalesces with one already waiting.
     pub fn trigger(&self) {
         let _ = self.0.try_send(());
     }
 }
 
+/// The receiving end of [`Triggers`]: one batch per [`DEBOUNCE`] window.
+#[derive(Debug)]
+pub struct Batches(mpsc::Receiver<()>);
+
+impl Batches {
+    /// Waits for a trigger, then gathers those that follow within [`DEBOUNCE`]. `false` once
+    /// every [`Triggers`] is dropped.
+    pub async fn next(&mut self) -> bool {
+        if self.0.recv().await.is_none() {
+            return false;
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        while self.0.try_recv().is_ok() {}
+        true
+    }
+}
+
 /// Runs reloads for `reloader` until the returned task is aborted: on SIGHUP, on a trigger, and
 /// with `[server] watch` on a change in the watched folders.
 pub fn spawn(reloader: Arc<Reloader>) -> (Triggers, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let triggers = Triggers(tx);
+    let (triggers, mut batches) = Triggers::new();
     let on_change = triggers.clone();
     let task = tokio::spawn(async move {
         let mut watching = rewatch(&reloader, None, &on_change);
@@ -325,12 +347,7 @@ pub fn spawn(reloader: Arc<Reloader>) -> (Triggers, tokio::task::JoinHandle<()>)
         if watching.is_some() {
             on_change.trigger();
         }
-        loop {
-            if rx.recv().await.is_none() {
-                return;
-            }
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+        while batches.next().await {
             let worker = reloader.clone();
             match tokio::task::spawn_blocking(move || worker.reload()).await {
                 Ok(Ok(Outcome::Applied { .. })) => {

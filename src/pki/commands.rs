@@ -683,7 +683,10 @@ fn renew(ca: &Path, certs: &Path, within: Duration, days: Option<i64>) -> anyhow
     }
     println!("{renewed} renewed, {unchanged} unchanged");
     if renewed > 0 {
-        println!("Restart the containers that use the renewed certificates.");
+        println!(
+            "trustgate run and trustgate echo reload renewed files by themselves (mount their \
+             folders, not the files); restart other services that use them."
+        );
     }
     Ok(())
 }

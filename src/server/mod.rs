@@ -104,15 +104,24 @@ impl TlsServer {
     /// handshake, the bytes before the first request and each request head, so a client that
     /// trickles bytes (slowloris) cannot hold a connection open.
     pub fn new(tls: Arc<ServerConfig>, client_header: Duration, shutdown_grace: Duration) -> Self {
+        Self::with_tls(Arc::new(move || tls.clone()), client_header, shutdown_grace)
+    }
+
+    /// As [`TlsServer::new`], but each new connection takes the TLS config `tls` returns when it
+    /// is accepted: a backend that reloads its certificate.
+    pub fn with_tls(
+        tls: Arc<dyn Fn() -> Arc<ServerConfig> + Send + Sync>,
+        client_header: Duration,
+        shutdown_grace: Duration,
+    ) -> Self {
         let timeouts = Timeouts {
             client_header,
             ..Timeouts::default()
         };
         let limits = Limits::default();
-        let settings = PerConnection::new(tls, &timeouts, &limits);
         let admission = AdmissionLimits::new(&limits, crate::config::DEFAULT_MAX_CONNECTIONS);
         Self::with_settings(
-            Arc::new(move || settings.clone()),
+            Arc::new(move || PerConnection::new(tls(), &timeouts, &limits)),
             admission,
             shutdown_grace,
         )
