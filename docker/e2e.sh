@@ -181,7 +181,7 @@ pki_host() { "$bin" pki --proxy-config "$work/deploy/trustgate.toml" "$@"; }
 # Every leaf: the window is longer than any certificate's remaining life.
 pki_host renew --ca "$work/ca/intermediate" --certs "$certs" --within 3650d | grep '^renewed' || fail "pki renew"
 pki_host renew --ca "$work/ca/public-ca" --certs "$certs/public" --within 3650d | grep '^renewed' || fail "pki renew"
-[ "$(id -u)" = 0 ] && chown 65532:65532 "$certs"/*/server.key
+# Nothing else: renew keeps each replaced file's owner, so the containers (uid 65532) read the new keys.
 new_public=$(file_serial "$certs/public/server.crt")
 new_api=$(file_serial "$certs/backend-api/server.crt")
 new_reports=$(file_serial "$certs/backend-reports/server.crt")

@@ -346,10 +346,36 @@ pub fn replace_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Pki
         .unwrap_or_default();
     let temp = path.with_file_name(format!(".{name}.{}.{nanos}.tmp", std::process::id()));
     write_new(&temp, contents, mode)?;
+    keep_owner(path, &temp);
     fs::rename(&temp, path).map_err(|e| {
         let _ = fs::remove_file(&temp);
         PkiError::io(path, e)
     })
+}
+
+/// Gives `new` the owner of the file it replaces, so a renewed key stays readable by the service
+/// that read the old one (a container's uid) and renewal needs no `chown` after it. Without the
+/// privilege to do so, warns and leaves the new file as it is.
+fn keep_owner(old: &Path, new: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = fs::metadata(old) else { return };
+        let Ok(mine) = fs::metadata(new) else { return };
+        if (meta.uid(), meta.gid()) == (mine.uid(), mine.gid()) {
+            return;
+        }
+        if let Err(e) = std::os::unix::fs::chown(new, Some(meta.uid()), Some(meta.gid())) {
+            tracing::warn!(
+                file = %old.display(),
+                error = %e,
+                "cannot keep the replaced file's owner (uid {}); give the new file to the service that reads it",
+                meta.uid()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (old, new);
 }
 
 fn set_mode(options: &mut OpenOptions, mode: u32) {
@@ -363,6 +389,26 @@ fn set_mode(options: &mut OpenOptions, mode: u32) {
 mod tests {
     use super::*;
     use crate::pki::{LeafRequest, Validity};
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        write_new(&key, b"old", 0o600).unwrap();
+        std::os::unix::fs::chown(&key, Some(65532), Some(65532)).unwrap();
+        replace_atomic(&key, b"new", 0o600).unwrap();
+        let meta = fs::metadata(&key).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65532, 65532));
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&key).unwrap(), b"new");
+    }
 
     #[test]
     fn index_lines_round_trip() {
