@@ -61,11 +61,6 @@ impl Gateway {
         self.reloader.clone()
     }
 
-    /// The generation serving now.
-    pub fn current(&self) -> Arc<Generation> {
-        self.current.load_full()
-    }
-
     /// Serves on `listener` (bound by the caller, so tests can use an ephemeral port) until
     /// `shutdown` completes; then drains as [`TlsServer::serve`] describes. Reloads on SIGHUP
     /// and, with `[server] watch`, when the config or a file it names changes.

@@ -60,12 +60,4 @@ impl Generation {
             pools,
         }
     }
-
-    /// How many of its pools this generation shares with `other` (the very same pools).
-    pub fn pools_shared_with(&self, other: &Generation) -> usize {
-        self.pools
-            .iter()
-            .filter(|(key, pool)| other.pools.get(*key).is_some_and(|p| Arc::ptr_eq(p, pool)))
-            .count()
-    }
 }

@@ -82,12 +82,6 @@ impl PerIp {
             upstream_turns: entry.upstream_turns.clone(),
         })
     }
-
-    /// Connections open from the source of `ip`.
-    pub fn open_from(&self, ip: IpAddr) -> usize {
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(&source_of(ip)).map_or(0, |s| s.connections)
-    }
 }
 
 impl Drop for IpShare {
@@ -317,7 +311,6 @@ mod tests {
         let table = PerIp::new(1, 8);
         let _v4 = table.admit("192.0.2.7".parse().unwrap()).unwrap();
         assert!(table.admit("::ffff:192.0.2.7".parse().unwrap()).is_none());
-        assert_eq!(table.open_from("192.0.2.7".parse().unwrap()), 1);
     }
 
     #[test]
