@@ -35,7 +35,7 @@ pub struct UploadPace {
 }
 
 /// The client sent its request body too slowly.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum BodyStalled {
     #[error("no request body data arrived for {}", humantime::format_duration(*.0))]
     Stopped(Duration),
@@ -57,28 +57,44 @@ pub struct UpstreamBody {
     received: u64,
     /// Fired once the body has been sent in full (or dropped by the client library).
     sent: Option<oneshot::Sender<()>>,
-    /// Counts polls, so [`UploadWatch`] sees whether the upload moves at all.
-    polls: Arc<AtomicU64>,
+    /// Shared with [`UploadWatch`]: whether the upload moves at all, and why it stopped.
+    state: Arc<UploadState>,
+    /// When the last frame was handed over: the time until the next poll is the upstream's
+    /// (it was not reading), not the client's, and does not count against the client.
+    handed_over: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct UploadState {
+    polls: AtomicU64,
+    /// Set when the client stalled: an HTTP/2 upstream reports a failed body only as a reset
+    /// stream, so the request path asks here why.
+    stalled: std::sync::OnceLock<BodyStalled>,
 }
 
 /// Watches an upload from the request path: done once the body has been sent.
 #[derive(Debug)]
 pub struct UploadWatch {
     sent: oneshot::Receiver<()>,
-    polls: Arc<AtomicU64>,
+    state: Arc<UploadState>,
 }
 
 impl UploadWatch {
+    /// Why the client's upload failed, if it stalled.
+    pub fn stalled(&self) -> Option<BodyStalled> {
+        self.state.stalled.get().copied()
+    }
+
     /// Completes once the body has been sent; fails when it has not been polled for `limit`
     /// (between `limit` and twice that): the upstream stopped reading it. A client that stops
     /// sending is caught sooner, by [`UploadPace`], whose timer wakes the poller.
-    pub async fn sent(mut self, limit: Duration) -> Result<(), Duration> {
-        let mut seen = self.polls.load(Relaxed);
+    pub async fn sent(&mut self, limit: Duration) -> Result<(), Duration> {
+        let mut seen = self.state.polls.load(Relaxed);
         loop {
             tokio::select! {
                 _ = &mut self.sent => return Ok(()),
                 () = tokio::time::sleep(limit) => {
-                    let now = self.polls.load(Relaxed);
+                    let now = self.state.polls.load(Relaxed);
                     if now == seen {
                         return Err(limit);
                     }
@@ -93,7 +109,7 @@ impl UpstreamBody {
     /// Wraps `inner`, with the watch that tells when it has been sent.
     pub fn new(inner: Incoming, pace: UploadPace) -> (Self, UploadWatch) {
         let (sent, sent_rx) = oneshot::channel();
-        let polls = Arc::new(AtomicU64::new(0));
+        let state = Arc::new(UploadState::default());
         let mut body = Self {
             inner,
             pace,
@@ -101,7 +117,8 @@ impl UpstreamBody {
             credit: 0,
             received: 0,
             sent: Some(sent),
-            polls: polls.clone(),
+            state: state.clone(),
+            handed_over: None,
         };
         // An empty body (a GET) may never be polled: it counts as sent right away.
         if body.inner.is_end_stream() {
@@ -109,7 +126,7 @@ impl UpstreamBody {
         }
         let watch = UploadWatch {
             sent: sent_rx,
-            polls,
+            state,
         };
         (body, watch)
     }
@@ -120,14 +137,20 @@ impl UpstreamBody {
         }
     }
 
-    /// Moves the deadline by the credit earned, capped at `stall` from now.
+    /// Moves the deadline by the credit earned and by the time the upstream took before asking
+    /// for more, capped at `stall` from now.
     fn advance(&mut self, deadline: &mut Pin<Box<Sleep>>) {
-        if self.credit == 0 {
+        let now = Instant::now();
+        let paused = self
+            .handed_over
+            .take()
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        if self.credit == 0 && paused.is_zero() {
             return;
         }
         let earned = Duration::from_secs_f64(self.credit as f64 / self.pace.min_rate.max(1) as f64);
         self.credit = 0;
-        let moved = (deadline.deadline() + earned).min(Instant::now() + self.pace.stall);
+        let moved = (deadline.deadline() + earned + paused).min(now + self.pace.stall);
         deadline.as_mut().reset(moved);
     }
 }
@@ -141,7 +164,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        this.polls.fetch_add(1, Relaxed);
+        this.state.polls.fetch_add(1, Relaxed);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, |d| d.remaining() as u64);
@@ -152,6 +175,7 @@ impl Body for UpstreamBody {
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
+                this.handed_over = Some(Instant::now());
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -176,6 +200,7 @@ impl Body for UpstreamBody {
                     } else {
                         BodyStalled::TooSlow(this.pace.min_rate)
                     };
+                    let _ = this.state.stalled.set(why);
                     Poll::Ready(Some(Err(why.into())))
                 } else {
                     Poll::Pending

@@ -162,9 +162,21 @@ async fn respond(
     text.push('\n');
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => {
-            let mut response = Response::new(Full::from("request body too large for the echo\n"));
-            *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        Err(e) => {
+            // Too large is the client's to fix; any other error is a body that did not arrive.
+            let (status, text) = if e.is::<http_body_util::LengthLimitError>() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large for the echo\n",
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request body did not arrive whole\n",
+                )
+            };
+            let mut response = Response::new(Full::from(text));
+            *response.status_mut() = status;
             return response;
         }
     };

@@ -41,6 +41,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Fixed {
     listen: std::net::SocketAddr,
+    shutdown_grace: Duration,
     max_connections: usize,
     max_connections_per_ip: usize,
     upstream_per_ip: usize,
@@ -50,6 +51,7 @@ impl Fixed {
     fn of(config: &Config) -> Self {
         Self {
             listen: config.server.listen,
+            shutdown_grace: config.server.shutdown_grace,
             max_connections: config.server.max_connections,
             max_connections_per_ip: config.limits.max_connections_per_ip,
             upstream_per_ip: config.limits.upstream_per_ip,
@@ -76,6 +78,11 @@ impl Fixed {
             "server.listen",
             self.listen.to_string(),
             new.listen.to_string(),
+        );
+        differs(
+            "server.shutdown_grace",
+            humantime::format_duration(self.shutdown_grace).to_string(),
+            humantime::format_duration(new.shutdown_grace).to_string(),
         );
         differs(
             "server.max_connections",

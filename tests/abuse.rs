@@ -727,3 +727,40 @@ async fn requests_beyond_the_connections_upstream_turns_wait_then_get_503() {
     let (served, _) = send.send_request(ok, true).unwrap();
     assert_eq!(served.await.unwrap().status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_client_that_negotiates_h2_but_trickles_an_http1_head_is_cut_off() {
+    let pki = TestPki::new();
+    let (backend, _, _) = big_backend(&pki, 1).await;
+    let proxy = proxy_to(
+        &pki,
+        &backend,
+        "[timeouts]\nclient_header = \"400ms\"\nidle = \"30s\"\n",
+    )
+    .await;
+    // ALPN says h2, the bytes say HTTP/1.1: the head clock applies, not the 30 s idle one.
+    let mut tls = tls_from(&pki, proxy.addr, "127.0.0.1", &[b"h2"])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    // More than the 24 bytes of an HTTP/2 preface at once, then a trickle.
+    tls.write_all(b"GET /api/ok HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    for byte in b"X-Slow: 1\r\nX-Slower: 2\r\nX-Slowest: 3\r\n" {
+        if tls.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    closed_within(&mut tls, Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    ordinary_client_is_served(&pki, &proxy).await;
+}

@@ -660,3 +660,37 @@ async fn a_client_that_abandons_its_upload_is_a_400_not_an_upstream_failure() {
         "a client's own failure is not a warning: {line}"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_upload_to_an_http2_upstream_is_a_408_too() {
+    let pki = TestPki::new();
+    // HTTP/2 upstream (ALPN h2, Host rewritten): it reports a failed request body only as a reset
+    // stream, yet the client hears the same 408 as over HTTP/1.1.
+    let backend = Backend::custom(&pki.leaf(&["backend-api"]), &[b"h2"], |req, _| async move {
+        let body = http_body_util::BodyExt::collect(req.into_body()).await;
+        Response::new(full(format!(
+            "{} bytes",
+            body.map(|b| b.to_bytes().len()).unwrap_or(0)
+        )))
+    })
+    .await;
+    let route =
+        route_to("/api", "backend-api", &backend).replace("\n\n", "\npreserve_host = false\n\n");
+    let proxy = Proxy::start(
+        &pki,
+        &format!("[timeouts]\nclient_header = \"400ms\"\n\n{route}"),
+    )
+    .await;
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(b"POST /api/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nab")
+        .await
+        .unwrap();
+    let answer = read_until_close(&mut tls, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let upstream = format!("upstream=https://backend-api:{}/", backend.port());
+    let line = logs().line_with(&[&upstream, "status=408"]).await;
+    assert!(
+        line.contains("reason=the client stalled: no request body data arrived for 400ms"),
+        "{line}"
+    );
+}

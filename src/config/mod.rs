@@ -128,6 +128,10 @@ impl Default for Limits {
 /// proxy keeps descriptors for its upstream connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// The longest duration any setting takes: timers past it are mistakes, and the clock arithmetic
+/// stays far from overflowing.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Default for `[server] shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -563,6 +567,8 @@ impl Loader<'_> {
             .and_then(|d| {
                 if d.is_zero() {
                     Err("must be greater than zero".to_owned())
+                } else if d > MAX_DURATION {
+                    Err("must be at most 1 year".to_owned())
                 } else {
                     Ok(d)
                 }

@@ -31,9 +31,9 @@ pub enum ProxyError {
     /// The client's request body failed while it was being sent upstream (the client went away).
     #[error("the client's request body ended early: {}", describe(.0))]
     ClientBody(hyper_util::client::legacy::Error),
-    /// The client stopped sending its request body.
-    #[error("the client stalled: {}", describe(.0))]
-    ClientStalled(hyper_util::client::legacy::Error),
+    /// The client stopped sending its request body, or sent it too slowly.
+    #[error("the client stalled: {0}")]
+    ClientStalled(crate::body::BodyStalled),
     /// Connecting, the TLS handshake, or the exchange with the upstream failed.
     #[error("{}", describe(.0))]
     Upstream(hyper_util::client::legacy::Error),
@@ -97,8 +97,8 @@ impl ProxyError {
         let mut client_side = false;
         let mut source = StdError::source(&err);
         while let Some(e) = source {
-            if e.is::<crate::body::BodyStalled>() {
-                return Self::ClientStalled(err);
+            if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
+                return Self::ClientStalled(*stalled);
             }
             if e.downcast_ref::<TcpConnectError>()
                 .is_some_and(|connect| is_resource_exhaustion(&connect.source))

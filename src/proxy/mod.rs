@@ -152,7 +152,7 @@ impl Proxy {
                 HeaderValue::from_static("chunked"),
             );
         }
-        let (body, upload) = UpstreamBody::new(body, self.upload_pace);
+        let (body, mut upload) = UpstreamBody::new(body, self.upload_pace);
         let request = Request::from_parts(parts, body);
 
         // HTTP/2 carries the host in :authority, which must stay the service name the
@@ -177,10 +177,15 @@ impl Proxy {
             tokio::time::sleep(self.response_timeout).await;
             ProxyError::Timeout(self.response_timeout)
         };
-        let mut response = tokio::select! {
-            result = client.request(request) => result.map_err(ProxyError::exchange)?,
+        let exchanged = tokio::select! {
+            result = client.request(request) => result,
             timed_out = answered => return Err(timed_out),
         };
+        // An HTTP/2 upstream reports the client's stalled body only as a reset stream.
+        let mut response = exchanged.map_err(|err| match upload.stalled() {
+            Some(stalled) => ProxyError::ClientStalled(stalled),
+            None => ProxyError::exchange(err),
+        })?;
 
         // hyper checks its HTTP/1.1 buffer limit only when a read leaves the head incomplete,
         // and a read may fill more than the limit (all spare capacity, larger on a reused

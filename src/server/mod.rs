@@ -179,10 +179,14 @@ impl TlsServer {
         let (draining, drain) = watch::channel(false);
         let mut accept_errors = AcceptErrors::default();
         let mut per_ip_refusals = Throttle::every(Duration::from_secs(10));
+        let mut full = Throttle::every(Duration::from_secs(10));
         tokio::pin!(shutdown);
         loop {
-            if connections.available_permits() == 0 {
-                warn!("connection limit reached ([server] max_connections); new clients wait");
+            if connections.available_permits() == 0 && full.hit().is_some() {
+                warn!(
+                    "connection limit reached ([server] max_connections); new clients wait \
+                     (logged at most every 10s)"
+                );
             }
             let permit = tokio::select! {
                 biased;
@@ -293,10 +297,9 @@ impl Connection {
                 return;
             }
         };
+        // HTTP/2 is told by its preface, as hyper tells it, not by ALPN: a client that negotiates
+        // h2 and then speaks HTTP/1.1 is served, and timed, as HTTP/1.1.
         let session = tls.get_ref().1;
-        if session.alpn_protocol() == Some(b"h2") {
-            activity.speaks_h2();
-        }
         let info = Arc::new(ConnectionInfo::new(
             peer,
             session.server_name().map(str::to_owned),
@@ -355,7 +358,12 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                 }
                 () = tokio::time::sleep_until(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => {
-                    return;
+                    // A stream that arrived while the GOAWAY travelled is served, under the
+                    // watchdog again; an idle connection that did not close is dropped.
+                    if !activity.busy() {
+                        return;
+                    }
+                    close_by = None;
                 }
             }
         }

@@ -19,7 +19,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -95,9 +96,9 @@ impl Activity {
         })
     }
 
-    /// The client chose HTTP/2 by ALPN.
-    pub fn speaks_h2(&self) {
-        self.h2.store(true, Relaxed);
+    /// A request is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight.load(SeqCst) > 0
     }
 
     fn now(&self) -> u64 {
@@ -116,7 +117,7 @@ impl Activity {
                 self.head_started.store(0, Relaxed);
                 self.changed.notify_one();
             }
-        } else if self.in_flight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+        } else if self.in_flight.load(SeqCst) == 0 && self.head_started.load(Relaxed) == 0 {
             self.head_started.store(self.now() + 1, Relaxed);
             self.changed.notify_one();
         }
@@ -124,7 +125,7 @@ impl Activity {
 
     /// A request reached the handler; the guard ends it when dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, SeqCst);
         self.head_started.store(0, Relaxed);
         InFlight {
             activity: self.clone(),
@@ -193,8 +194,9 @@ impl Drop for InFlight {
                 activity.changed.notify_one();
             }
         }
-        if activity.in_flight.fetch_sub(1, Relaxed) == 1 {
-            activity.idle_since.store(activity.now(), Relaxed);
+        // `idle_since` first: a watchdog that sees no request in flight must see when that began.
+        activity.idle_since.store(activity.now(), SeqCst);
+        if activity.in_flight.fetch_sub(1, SeqCst) == 1 {
             activity.changed.notify_one();
         }
     }
@@ -208,17 +210,17 @@ pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
             return Verdict::Resets;
         }
         let now = activity.now();
-        let in_flight = activity.in_flight.load(Relaxed);
+        let in_flight = activity.in_flight.load(SeqCst);
         let (deadline, verdict) = if in_flight > 0 {
             let next = activity.abandon_stalled(now, ms(clocks.client_send));
-            if activity.abandoned.load(Relaxed) >= in_flight {
+            if activity.abandoned.load(SeqCst) >= in_flight {
                 return Verdict::NotReading;
             }
             (next, None)
         } else {
             match activity.head_started.load(Relaxed) {
                 0 => (
-                    activity.idle_since.load(Relaxed) + ms(clocks.idle),
+                    activity.idle_since.load(SeqCst) + ms(clocks.idle),
                     Some(Verdict::Idle),
                 ),
                 started => (
@@ -322,7 +324,7 @@ impl<B: Send> Sending for Shared<B> {
         let mut body = self.body.lock().unwrap_or_else(|e| e.into_inner());
         let taken = body.take();
         if taken.is_some() {
-            abandoned.fetch_add(1, Relaxed);
+            abandoned.fetch_add(1, SeqCst);
         }
         drop(body);
         taken.is_some()
@@ -428,12 +430,17 @@ where
 
 impl<B> Drop for Tracked<B> {
     fn drop(&mut self) {
-        let abandoned = self
-            .shared
-            .as_ref()
-            .is_some_and(|shared| shared.body.lock().map(|b| b.is_none()).unwrap_or(true));
+        // Taken under the lock `abandon` counts under: once dropped here, it is never counted.
+        let abandoned = self.shared.as_ref().is_some_and(|shared| {
+            shared
+                .body
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .is_none()
+        });
         if abandoned {
-            self.in_flight.activity.abandoned.fetch_sub(1, Relaxed);
+            self.in_flight.activity.abandoned.fetch_sub(1, SeqCst);
         }
     }
 }
