@@ -245,7 +245,7 @@ impl Reloader {
         }
     }
 
-    /// The generation serving now (what [`crate::Gateway::current`] returns).
+    /// The generation serving now.
     pub fn current(&self) -> Arc<Generation> {
         self.current.load_full()
     }

@@ -6,6 +6,8 @@
 
 mod error;
 mod file;
+mod settings;
+mod summary;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +23,7 @@ use toml::Spanned;
 
 pub use self::error::{ConfigError, Problem};
 use self::file::ConfigFile;
+pub use self::settings::{Limits, Timeouts};
 use crate::routing::{Prefix, Route, RouteTable, Upstream};
 use crate::tls;
 
@@ -64,73 +67,9 @@ pub struct UpstreamTls {
     pub trust_id: [u8; 32],
 }
 
-/// `[timeouts]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP connect plus TLS handshake to an upstream; past it the client gets 502.
-    pub connect: Duration,
-    /// Request sent to response headers received; past it the client gets 504.
-    pub response: Duration,
-    /// The client's TLS handshake, the bytes before its first request and each request head
-    /// must arrive within this; a request body may pause no longer than this.
-    pub client_header: Duration,
-    /// A client connection with no request in flight closes after this (HTTP/1.1 keep-alive and
-    /// HTTP/2 alike).
-    pub idle: Duration,
-    /// A response the client does not read for this long is abandoned: the upstream side is
-    /// freed and the client's connection closes.
-    pub client_send: Duration,
-    /// A WebSocket tunnel with no traffic either way for this long is closed.
-    pub tunnel_idle: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(5),
-            response: Duration::from_secs(60),
-            client_header: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
-            client_send: Duration::from_secs(60),
-            tunnel_idle: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// `[limits]`: what one client may take of the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Client connections open at once from one IPv4 address or one IPv6 /64.
-    pub max_connections_per_ip: usize,
-    /// Concurrent HTTP/2 streams on one client connection (SETTINGS_MAX_CONCURRENT_STREAMS).
-    pub h2_max_streams: u32,
-    /// Requests one client connection may have at the upstreams at once; more wait for a turn.
-    pub upstream_per_connection: usize,
-    /// The same for all connections from one source (IPv4 address or IPv6 /64).
-    pub upstream_per_ip: usize,
-    /// Slowest request body upload accepted, in bytes per second, averaged over `client_header`.
-    pub min_upload_rate: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_connections_per_ip: 256,
-            h2_max_streams: 100,
-            upstream_per_connection: 32,
-            upstream_per_ip: 256,
-            min_upload_rate: 1024,
-        }
-    }
-}
-
 /// Default for `[server] max_connections`: far below the usual file-descriptor limits, so the
 /// proxy keeps descriptors for its upstream connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-
-/// The longest duration any setting takes: timers past it are mistakes, and the clock arithmetic
-/// stays far from overflowing.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Default for `[server] shutdown_grace`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -225,7 +164,7 @@ impl Config {
 
     /// A human summary of what was loaded, printed by `trustgate check`.
     pub fn summary(&self) -> impl fmt::Display + '_ {
-        Summary(self)
+        summary::Summary(self)
     }
 }
 
@@ -373,99 +312,6 @@ impl Loader<'_> {
         })
     }
 
-    fn timeouts(&mut self, table: &file::TimeoutsTable) -> Timeouts {
-        let default = Timeouts::default();
-        Timeouts {
-            connect: self.duration(table.connect.as_ref(), "timeouts.connect", default.connect),
-            response: self.duration(
-                table.response.as_ref(),
-                "timeouts.response",
-                default.response,
-            ),
-            client_header: self.duration(
-                table.client_header.as_ref(),
-                "timeouts.client_header",
-                default.client_header,
-            ),
-            idle: self.duration(table.idle.as_ref(), "timeouts.idle", default.idle),
-            client_send: self.duration(
-                table.client_send.as_ref(),
-                "timeouts.client_send",
-                default.client_send,
-            ),
-            tunnel_idle: self.duration(
-                table.tunnel_idle.as_ref(),
-                "timeouts.tunnel_idle",
-                default.tunnel_idle,
-            ),
-        }
-    }
-
-    fn limits(&mut self, table: &file::LimitsTable) -> Limits {
-        let default = Limits::default();
-        let mut count = |value: &Option<Spanned<i64>>, key: &str, range, default: u64| {
-            self.count(value.as_ref(), key, range, default)
-                .unwrap_or(default)
-        };
-        Limits {
-            max_connections_per_ip: count(
-                &table.max_connections_per_ip,
-                "limits.max_connections_per_ip",
-                1..=1_000_000,
-                default.max_connections_per_ip as u64,
-            ) as usize,
-            h2_max_streams: count(
-                &table.h2_max_streams,
-                "limits.h2_max_streams",
-                1..=1000,
-                u64::from(default.h2_max_streams),
-            ) as u32,
-            upstream_per_connection: count(
-                &table.upstream_per_connection,
-                "limits.upstream_per_connection",
-                1..=1000,
-                default.upstream_per_connection as u64,
-            ) as usize,
-            upstream_per_ip: count(
-                &table.upstream_per_ip,
-                "limits.upstream_per_ip",
-                1..=1_000_000,
-                default.upstream_per_ip as u64,
-            ) as usize,
-            min_upload_rate: count(
-                &table.min_upload_rate,
-                "limits.min_upload_rate",
-                1..=1 << 30,
-                default.min_upload_rate,
-            ),
-        }
-    }
-
-    /// A whole number within `range`, or `default` when the key is absent.
-    fn count(
-        &mut self,
-        value: Option<&Spanned<i64>>,
-        key: &str,
-        range: std::ops::RangeInclusive<u64>,
-        default: u64,
-    ) -> Option<u64> {
-        let Some(value) = value else {
-            return Some(default);
-        };
-        let parsed = u64::try_from(*value.get_ref())
-            .ok()
-            .filter(|n| range.contains(n))
-            .ok_or_else(|| {
-                format!(
-                    "{} is not a number from {} to {}",
-                    value.get_ref(),
-                    range.start(),
-                    range.end()
-                )
-            });
-        self.check(value, key, parsed)
-    }
-
     fn routes(&mut self, entries: Vec<file::RouteEntry>) -> Option<RouteTable> {
         if entries.is_empty() {
             self.report(
@@ -546,34 +392,6 @@ impl Loader<'_> {
             });
         }
         complete.then(|| RouteTable::new(routes))
-    }
-
-    fn duration(
-        &mut self,
-        value: Option<&Spanned<String>>,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
-        let Some(value) = value else {
-            return default;
-        };
-        let parsed = humantime::parse_duration(value.get_ref())
-            .map_err(|e| {
-                format!(
-                    "{:?} is not a duration such as \"5s\" or \"1m 30s\": {e}",
-                    value.get_ref()
-                )
-            })
-            .and_then(|d| {
-                if d.is_zero() {
-                    Err("must be greater than zero".to_owned())
-                } else if d > MAX_DURATION {
-                    Err("must be at most 1 year".to_owned())
-                } else {
-                    Ok(d)
-                }
-            });
-        self.check(value, key, parsed).unwrap_or(default)
     }
 
     /// Keeps the value, or records the error against `spanned`'s line and `key`.
@@ -677,83 +495,6 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     } else {
         format!("{table}.{key}")
     })
-}
-
-struct Summary<'a>(&'a Config);
-
-impl fmt::Display for Summary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let config = self.0;
-        writeln!(f, "config {}: OK", config.path.display())?;
-        writeln!(
-            f,
-            "listen {} with {} ({}, {} certificate(s) in the chain)",
-            config.server.listen,
-            config.server.cert.display(),
-            config
-                .server
-                .chain
-                .first()
-                .map(tls::subject)
-                .unwrap_or_default(),
-            config.server.chain.len()
-        )?;
-        writeln!(
-            f,
-            "upstream trust anchors (the only CAs trusted for upstreams):"
-        )?;
-        for anchor in &config.upstream_tls.anchors {
-            writeln!(f, "  {}", tls::subject(anchor))?;
-        }
-        writeln!(f, "routes:")?;
-        for route in config.routes.iter() {
-            write!(
-                f,
-                "  {} -> {}  verified name \"{}\"",
-                route.prefix,
-                route.upstream,
-                route.upstream.host()
-            )?;
-            if let Some(address) = route.address {
-                write!(f, "  via {address}")?;
-            }
-            writeln!(
-                f,
-                "  host {}",
-                if route.preserve_host {
-                    "preserved"
-                } else {
-                    "rewritten"
-                }
-            )?;
-        }
-        let t = config.timeouts;
-        let d = humantime::format_duration;
-        writeln!(
-            f,
-            "timeouts: connect {}, response {}, client header {}, idle {}, client send {}, \
-             tunnel idle {}; shutdown grace {}",
-            d(t.connect),
-            d(t.response),
-            d(t.client_header),
-            d(t.idle),
-            d(t.client_send),
-            d(t.tunnel_idle),
-            d(config.server.shutdown_grace)
-        )?;
-        let l = config.limits;
-        write!(
-            f,
-            "limits: {} connections ({} per IP), {} HTTP/2 streams and {} upstream requests per \
-             connection ({} per IP), uploads at least {} bytes/s",
-            config.server.max_connections,
-            l.max_connections_per_ip,
-            l.h2_max_streams,
-            l.upstream_per_connection,
-            l.upstream_per_ip,
-            l.min_upload_rate
-        )
-    }
 }
 
 #[cfg(test)]
