@@ -89,6 +89,10 @@ impl UploadWatch {
     /// (between `limit` and twice that): the upstream stopped reading it. A client that stops
     /// sending is caught sooner, by [`UploadPace`], whose timer wakes the poller.
     pub async fn sent(&mut self, limit: Duration) -> Result<(), Duration> {
+        // An empty body (a GET) is sent before anything waits: no timer for it.
+        if self.sent.try_recv().is_ok() {
+            return Ok(());
+        }
         let mut seen = self.state.polls.load(Relaxed);
         loop {
             tokio::select! {
@@ -236,11 +240,11 @@ pub struct Streamed {
     stall: Option<Pin<Box<Sleep>>>,
     rearm: bool,
     /// Where the response comes from, for the log line when it stalls.
-    route: String,
+    route: Arc<str>,
 }
 
 impl Streamed {
-    pub fn new(inner: Incoming, turn: Option<Turn>, idle: Duration, route: String) -> Self {
+    pub fn new(inner: Incoming, turn: Option<Turn>, idle: Duration, route: Arc<str>) -> Self {
         Self {
             inner,
             turn,

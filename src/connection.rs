@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -55,10 +56,17 @@ impl ConnectionInfo {
         self.hold.lock().ok()?.take()
     }
 
-    /// Waits for a turn at the upstreams (`[limits] upstream_per_connection`, `upstream_per_ip`
-    /// and the proxy's descriptor budget); held until the response body has been sent or dropped.
-    pub async fn upstream_turn(&self) -> Turn {
-        self.upstream_turns.take().await
+    /// A turn at the upstreams (`[limits] upstream_per_connection`, `upstream_per_ip` and the
+    /// proxy's descriptor budget), waiting at most `within`; held until the response body has
+    /// been sent or dropped. `None` when none came in time.
+    pub async fn upstream_turn(&self, within: Duration) -> Option<Turn> {
+        // Most requests find a turn free: no timer for them.
+        if let Some(turn) = self.upstream_turns.try_take() {
+            return Some(turn);
+        }
+        tokio::time::timeout(within, self.upstream_turns.take())
+            .await
+            .ok()
     }
 }
 
@@ -79,6 +87,18 @@ pub struct Turn {
 }
 
 impl UpstreamTurns {
+    /// A turn at every level if each has one free now; takes none otherwise.
+    fn try_take(&self) -> Option<Turn> {
+        let take = |semaphore: &Arc<Semaphore>| semaphore.clone().try_acquire_owned().ok();
+        Some(Turn {
+            _permits: [
+                take(&self.connection)?,
+                take(&self.source)?,
+                take(&self.proxy)?,
+            ],
+        })
+    }
+
     /// Waits for a turn at each level, the narrowest first, so a request queued behind its own
     /// connection's holds nothing of its source's or the proxy's.
     pub async fn take(&self) -> Turn {

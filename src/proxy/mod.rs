@@ -26,6 +26,13 @@ use crate::routing::{self, Route, RouteTable};
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::upstream::Pool;
 
+/// What a route sends through: its pool, and its prefix as logs name it (shared, not copied per
+/// request).
+struct Target {
+    pool: Arc<Pool>,
+    label: Arc<str>,
+}
+
 /// A response body: the upstream's, streamed, or a short one of our own.
 pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 
@@ -33,8 +40,8 @@ pub type ProxyBody = Either<Streamed, Full<Bytes>>;
 /// connections.
 pub struct Proxy {
     routes: RouteTable,
-    /// The pool of each route, in the table's order.
-    pools: Box<[Arc<Pool>]>,
+    /// What each route sends through, in the table's order.
+    targets: Box<[Target]>,
     response_timeout: Duration,
     /// How slowly a request body may arrive.
     upload_pace: UploadPace,
@@ -50,9 +57,17 @@ impl Proxy {
         limits: &Limits,
     ) -> Self {
         debug_assert_eq!(routes.len(), pools.len());
+        let targets = routes
+            .iter()
+            .zip(pools)
+            .map(|(route, pool)| Target {
+                pool,
+                label: Arc::from(route.prefix.as_str()),
+            })
+            .collect();
         Self {
             routes,
-            pools,
+            targets,
             response_timeout: timeouts.response,
             upload_pace: UploadPace {
                 stall: timeouts.client_header,
@@ -60,10 +75,6 @@ impl Proxy {
             },
             tunnel_idle: timeouts.tunnel_idle,
         }
-    }
-
-    pub fn routes(&self) -> &RouteTable {
-        &self.routes
     }
 
     /// Proxies one request. Never fails: errors become a status code, a short plain-text body
@@ -91,8 +102,8 @@ impl Proxy {
         let result = match (check_request(&req), route) {
             (Err(err), _) => Err(err),
             (Ok(()), Some(route)) => {
-                let pool = &self.pools[found.map_or(0, |(i, _)| i)];
-                self.forward(route, pool, req, conn).await
+                let target = &self.targets[found.map_or(0, |(i, _)| i)];
+                self.forward(route, target, req, conn).await
             }
             (Ok(()), None) => Err(ProxyError::NoRoute),
         };
@@ -116,7 +127,7 @@ impl Proxy {
     async fn forward(
         &self,
         route: &Route,
-        pool: &Pool,
+        target: &Target,
         mut req: Request<Incoming>,
         conn: &ConnectionInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -159,15 +170,16 @@ impl Proxy {
         // certificate is checked against; a preserved Host therefore travels over HTTP/1.1, as
         // does an upgrade, which HTTP/2 cannot carry.
         let client = if upgrade.is_some() || route.preserve_host {
-            &pool.http1_client
+            &target.pool.http1_client
         } else {
-            &pool.client
+            &target.pool.client
         };
         // One client connection has at most `upstream_per_connection` requests at the upstreams;
         // the turn is held until the response body has been sent.
-        let turn = tokio::time::timeout(self.response_timeout, conn.upstream_turn())
+        let turn = conn
+            .upstream_turn(self.response_timeout)
             .await
-            .map_err(|_| ProxyError::Busy(self.response_timeout))?;
+            .ok_or(ProxyError::Busy(self.response_timeout))?;
         // The response timeout runs from the moment the request body has been sent in full, so
         // a long upload is not mistaken for a slow upstream.
         let answered = async {
@@ -212,7 +224,7 @@ impl Proxy {
                     guard: conn.hold_for_tunnel(),
                     turn: turn.take(),
                     idle: self.tunnel_idle,
-                    route: route.prefix.to_string(),
+                    route: target.label.clone(),
                     peer,
                 },
             );
@@ -227,7 +239,7 @@ impl Proxy {
                 body,
                 turn,
                 self.response_timeout,
-                route.prefix.to_string(),
+                target.label.clone(),
             )),
         ))
     }

@@ -25,7 +25,7 @@ pub struct Tunnel {
     /// The client connection's turn at the upstreams.
     pub turn: Option<Turn>,
     pub idle: Duration,
-    pub route: String,
+    pub route: Arc<str>,
     pub peer: SocketAddr,
 }
 
