@@ -41,6 +41,7 @@ pub mod demo;
 pub mod echo;
 pub mod gateway;
 pub mod generation;
+pub mod io;
 pub mod pki;
 pub mod proxy;
 pub mod reload;

@@ -135,14 +135,19 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     );
 }
 
-#[tokio::test]
-async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
-    let pki = TestPki::new();
-    let cert = pki.leaf(&["backend-api"]);
-    // A TLS backend that reads the request and closes without answering.
-    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(H1));
+/// What [`reads_once_then`]'s backend does after its first read.
+enum AfterRead {
+    HangUp,
+    /// Neither reads nor answers (for 30 s).
+    Stall,
+}
+
+/// A TLS backend for "backend-api" that reads once from each connection, then `then`.
+async fn reads_once_then(pki: &TestPki, then: AfterRead) -> std::net::SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.leaf(&["backend-api"]).server_config(H1));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let hang_up = matches!(then, AfterRead::HangUp);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
@@ -150,11 +155,23 @@ async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
                 if let Ok(mut tls) = acceptor.accept(tcp).await {
                     let mut buf = [0u8; 4096];
                     let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
-                    let _ = tls.shutdown().await;
+                    if hang_up {
+                        let _ = tls.shutdown().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
                 }
             });
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_that_hangs_up_mid_exchange_is_a_502() {
+    let pki = TestPki::new();
+    // Reads the request and closes without answering.
+    let addr = reads_once_then(&pki, AfterRead::HangUp).await;
     let upstream = format!("https://backend-api:{}/", addr.port());
     let proxy = Proxy::start(&pki, &route_at("/", &upstream, addr)).await;
     let line = bad_gateway(&pki, &proxy, "/x", &upstream).await;
@@ -202,23 +219,8 @@ async fn upstream_that_stops_mid_body_has_the_response_aborted() {
 #[tokio::test]
 async fn upstream_that_stops_reading_the_upload_is_a_504() {
     let pki = TestPki::new();
-    let cert = pki.leaf(&["backend-api"]);
-    // A TLS backend that reads the request head, then neither reads nor answers.
-    let acceptor = tokio_rustls::TlsAcceptor::from(cert.server_config(H1));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let mut buf = [0u8; 4096];
-                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-            });
-        }
-    });
+    // Reads the request head, then neither reads nor answers.
+    let addr = reads_once_then(&pki, AfterRead::Stall).await;
     let upstream = format!("https://backend-api:{}/", addr.port());
     let proxy = Proxy::start(
         &pki,

@@ -2,21 +2,18 @@
 //! both ways between the two upgraded connections until either side closes or the tunnel has
 //! been silent both ways for `[timeouts] tunnel_idle`.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tracing::{debug, info};
 
 use crate::connection::TunnelGuard;
 use crate::connection::Turn;
+use crate::io::OnRead;
 
 /// What a tunnel holds on to while it is open.
 pub struct Tunnel {
@@ -48,8 +45,14 @@ pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, tunnel: Tunnel) {
             }
         };
         let traffic = Arc::new(AtomicU64::new(0));
-        let mut client = Counted::new(TokioIo::new(client), &traffic);
-        let mut upstream = Counted::new(TokioIo::new(upstream), &traffic);
+        let count = |io| {
+            let traffic = traffic.clone();
+            OnRead::new(io, move |data: &[u8]| {
+                traffic.fetch_add(data.len() as u64, Relaxed);
+            })
+        };
+        let mut client = count(TokioIo::new(client));
+        let mut upstream = count(TokioIo::new(upstream));
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
         let mut seen = 0;
@@ -77,51 +80,4 @@ pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, tunnel: Tunnel) {
             }
         }
     });
-}
-
-/// One side of a tunnel, adding every byte read to a shared counter.
-struct Counted<T> {
-    inner: T,
-    traffic: Arc<AtomicU64>,
-}
-
-impl<T> Counted<T> {
-    fn new(inner: T, traffic: &Arc<AtomicU64>) -> Self {
-        Self {
-            inner,
-            traffic: traffic.clone(),
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        self.traffic.fetch_add(read as u64, Relaxed);
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

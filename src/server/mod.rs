@@ -26,10 +26,11 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
-use self::watchdog::{Activity, Clocks, Tracked, Verdict, Watched};
+use self::watchdog::{Activity, Clocks, Tracked, Verdict};
 use crate::config::{Limits, Timeouts};
 use crate::connection::UpstreamTurns;
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
+use crate::io::OnRead;
 
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -315,7 +316,8 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         });
-        let io = TokioIo::new(Watched::new(tls, activity.clone()));
+        let reader = activity.clone();
+        let io = TokioIo::new(OnRead::new(tls, move |data: &[u8]| reader.on_read(data)));
         let connection = http.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
         // Asked to finish its requests and close (idle, or the server drains).

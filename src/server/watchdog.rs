@@ -5,7 +5,7 @@
 //! nor an HTTP/2 connection without streams, and its HTTP/1.1 header timer also runs while a
 //! keep-alive connection is idle. So the watchdog ([`supervise`]) owns every connection-level
 //! clock, from three signals:
-//! - [`Watched`] sees every byte read from the client;
+//! - [`Activity::on_read`] sees every byte read from the client;
 //! - [`InFlight`] counts requests from the handler's start to the end of the response body;
 //! - [`Tracked`] response bodies record since when each waits for the client to take more.
 //!
@@ -17,7 +17,6 @@
 //!   arrive within `client_header` of their first byte (HTTP/2: of the connection's start);
 //! - a connection with no request in flight closes gracefully after `idle`.
 
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
@@ -27,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -105,7 +103,8 @@ impl Activity {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn on_read(&self, data: &[u8]) {
+    /// Every chunk read from the client ([`crate::io::OnRead`] reports them).
+    pub fn on_read(&self, data: &[u8]) {
         let before = self.bytes_read.fetch_add(data.len() as u64, Relaxed);
         if before == 0 && data.starts_with(b"PRI * HTTP/2.0") {
             self.h2.store(true, Relaxed);
@@ -239,64 +238,6 @@ pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
             () = tokio::time::sleep_until(wake.into()) => {}
             () = activity.changed.notified() => {}
         }
-    }
-}
-
-/// The client's stream, reporting every byte read to the connection's [`Activity`].
-pub struct Watched<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> Watched<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.on_read(&buf.filled()[before..]);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
