@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use http::HeaderValue;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the handler knows about the connection a request arrived on.
@@ -14,6 +18,8 @@ pub struct ConnectionInfo {
     pub peer: SocketAddr,
     /// The SNI the client sent, if any.
     pub sni: Option<String>,
+    /// The client certificate the listener verified, if the client presented one.
+    pub client_cert: Option<Arc<ClientCert>>,
     /// Turns at the upstreams: this connection's, its source's and the proxy's.
     upstream_turns: UpstreamTurns,
     /// Taken by a tunnel that outlives hyper's connection.
@@ -38,12 +44,14 @@ impl ConnectionInfo {
     pub fn new(
         peer: SocketAddr,
         sni: Option<String>,
+        client_cert: Option<Arc<ClientCert>>,
         upstream_turns: UpstreamTurns,
         held: impl std::any::Any + Send + Sync,
     ) -> Self {
         Self {
             peer,
             sni,
+            client_cert,
             upstream_turns,
             hold: Mutex::new(Some(TunnelGuard {
                 _held: Box::new(held),
@@ -67,6 +75,39 @@ impl ConnectionInfo {
         tokio::time::timeout(within, self.upstream_turns.take())
             .await
             .ok()
+    }
+}
+
+/// A verified client certificate, in the forms the proxy forwards, computed once per connection.
+#[derive(Debug)]
+pub struct ClientCert {
+    /// The leaf's subject, RFC 4514 (`CN=alice,O=Example`).
+    pub subject: String,
+    /// `X-Client-Cert-Subject`.
+    pub subject_header: HeaderValue,
+    /// RFC 9440 `Client-Cert`: `:` base64 of the leaf's DER `:`.
+    pub leaf: HeaderValue,
+    /// RFC 9440 `Client-Cert-Chain`: the presented certificates after the leaf, `None` when
+    /// there are none.
+    pub chain: Option<HeaderValue>,
+}
+
+impl ClientCert {
+    /// From a verified chain, leaf first. `None` for an empty or unparseable chain.
+    pub fn from_chain(chain: &[CertificateDer<'_>]) -> Option<Self> {
+        let (leaf, rest) = chain.split_first()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
+        let subject = crate::tls::rfc4514(parsed.subject());
+        let item = |der: &CertificateDer<'_>| format!(":{}:", BASE64.encode(der));
+        let chain = (!rest.is_empty())
+            .then(|| rest.iter().map(item).collect::<Vec<_>>().join(", "))
+            .and_then(|list| HeaderValue::from_str(&list).ok());
+        Some(Self {
+            subject_header: HeaderValue::from_str(&subject).ok()?,
+            leaf: HeaderValue::from_str(&item(leaf)).ok()?,
+            chain,
+            subject,
+        })
     }
 }
 

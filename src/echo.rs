@@ -52,7 +52,7 @@ impl Identity {
             .map_err(|e| anyhow!(e))?
             .serial;
         Ok(Self {
-            tls: tls::server::config(chain, key)?,
+            tls: tls::server::config(chain, key, None)?,
             serial,
         })
     }

@@ -4,14 +4,29 @@
 //!
 //! A request holds the generation it started with to its end (an `Arc`); a connection takes the
 //! public TLS config and its clocks from the generation current when it was accepted.
+//!
+//! When a reload changes whom the proxy trusts, building the next generation also judges the
+//! connections already open under the new trust ([`crate::live`]): upstream connections (pooled
+//! or tunnelled) whose backend no longer verifies, and client connections whose certificate no
+//! longer verifies, are closed before the new generation serves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Config;
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::ClientCertVerifier;
+use tracing::{info, warn};
+
+use crate::config::{ClientAuth, Config};
+use crate::live::{self, Peer, Peers};
 use crate::proxy::Proxy;
 use crate::server::PerConnection;
+use crate::tls::reason::{self, Side};
 use crate::upstream::{Pool, PoolKey};
+
+/// How long a reload waits for the connections it severed to be dropped by their holders.
+const SEVERED_DROP_WAIT: Duration = Duration::from_secs(2);
 
 /// What the request path and new connections use, never changed once built.
 pub struct Generation {
@@ -22,42 +37,111 @@ pub struct Generation {
     pub proxy: Proxy,
     /// Every pool this generation uses, for the next generation to keep what did not change.
     pools: HashMap<PoolKey, Arc<Pool>>,
+    /// What upstream connections are verified with, to tell whether a reload changes it.
+    upstream_trust: [u8; 32],
+    /// The same for client certificates (`None`: no client auth).
+    client_trust: Option<[u8; 32]>,
+    /// Open client connections with a verified certificate, shared by all generations.
+    clients: Arc<Peers>,
 }
 
 impl Generation {
-    /// Builds generation `number` from `config`. Pools whose upstream, address, timeouts and
-    /// trust are unchanged from `previous` are kept, warm connections and all; the others are
-    /// new, so no connection verified under other trust is ever reused.
+    /// Builds generation `number` from `config`. Pools whose upstream, address, client identity
+    /// and timeouts are unchanged from `previous` are kept, warm connections and all. When the
+    /// upstream or client trust changed, open connections are judged again first.
     pub fn build(config: &Config, number: u64, previous: Option<&Generation>) -> Self {
-        let trust = config.upstream_tls.trust_id;
+        let upstream = &config.upstream_tls;
+        let retrust = previous.filter(|p| p.upstream_trust != upstream.trust_id);
+        // New handshakes in every old pool use the new trust before open connections are judged,
+        // so none opened meanwhile escapes both.
+        for pool in retrust.iter().flat_map(|p| p.pools.values()) {
+            pool.retrust(upstream.verifier.clone());
+        }
         let mut pools: HashMap<PoolKey, Arc<Pool>> = HashMap::new();
         let route_pools = config
             .routes
             .iter()
             .map(|route| {
-                let key = PoolKey::new(route, trust, &config.timeouts);
+                let key = PoolKey::new(route, &config.timeouts);
                 let pool = pools.entry(key.clone()).or_insert_with(|| {
                     previous
                         .and_then(|p| p.pools.get(&key).cloned())
-                        .unwrap_or_else(|| Arc::new(Pool::new(&key, &config.upstream_tls.client)))
+                        .unwrap_or_else(|| {
+                            Arc::new(Pool::new(
+                                &key,
+                                route.client_identity.clone(),
+                                upstream.verifier.clone(),
+                            ))
+                        })
                 });
                 pool.clone()
             })
             .collect();
+        let mut severed: Vec<Arc<Peer>> = retrust
+            .iter()
+            .flat_map(|p| p.pools.values())
+            .flat_map(|pool| pool.recheck(&upstream.verifier))
+            .collect();
+
+        let client_auth = config.server.client_auth.as_ref();
+        let clients = previous.map_or_else(Arc::default, |p| p.clients.clone());
+        let client_trust = client_auth.map(|auth| auth.trust_id);
+        if let (Some(previous), Some(auth)) = (previous, client_auth)
+            && previous.client_trust != client_trust
+        {
+            severed.extend(recheck_clients(&clients, auth));
+        }
+        if !severed.is_empty() {
+            let count = severed.len();
+            let held = live::wait_closed(severed, SEVERED_DROP_WAIT);
+            info!(count, still_held = held, "connections that no longer verify were closed");
+        }
+
         Self {
             number,
             connections: PerConnection::new(
                 config.server.tls.clone(),
                 &config.timeouts,
                 &config.limits,
+                client_auth.map(|_| clients.clone()),
             ),
             proxy: Proxy::new(
                 config.routes.clone(),
                 route_pools,
                 &config.timeouts,
                 &config.limits,
+                client_auth.is_some_and(|auth| auth.forward_chain),
             ),
             pools,
+            upstream_trust: upstream.trust_id,
+            client_trust,
+            clients,
         }
     }
+}
+
+/// Judges the open client connections' certificates under the new client trust; severs and logs
+/// those that fail.
+fn recheck_clients(clients: &Peers, auth: &ClientAuth) -> Vec<Arc<Peer>> {
+    let now = UnixTime::now();
+    let severed = clients.sever_failing(|verified| {
+        let Some((leaf, intermediates)) = verified.chain.split_first() else {
+            return Ok(());
+        };
+        auth.verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ())
+    });
+    severed
+        .into_iter()
+        .map(|(peer, err)| {
+            warn!(
+                peer = %peer.address,
+                reason = %reason::tls(&err, Side::Client),
+                "closed a client connection: its certificate no longer verifies under the reloaded \
+                 client trust"
+            );
+            peer
+        })
+        .collect()
 }

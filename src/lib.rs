@@ -42,6 +42,7 @@ pub mod echo;
 pub mod gateway;
 pub mod generation;
 pub mod io;
+pub mod live;
 pub mod pki;
 pub mod proxy;
 pub mod reload;

@@ -6,10 +6,13 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 use rustls::pki_types::ServerName;
+
+use crate::tls::client::Identity;
 
 /// A path prefix that matches on segment boundaries: `/api` matches `/api` and `/api/x`, not
 /// `/apix`. Stored without a trailing slash, except the root prefix `/`.
@@ -193,6 +196,11 @@ pub struct Route {
     pub address: Option<SocketAddr>,
     /// Forward the client's `Host` (Apache's `ProxyPreserveHost On`).
     pub preserve_host: bool,
+    /// The client certificate presented to this upstream when it asks for one: the route's
+    /// `upstream_client_cert`, else `[upstream_tls] client_cert`.
+    pub client_identity: Option<Arc<Identity>>,
+    /// Refuse (403) requests whose connection carries no verified client certificate.
+    pub require_client_cert: bool,
 }
 
 impl Route {
@@ -338,6 +346,8 @@ mod tests {
             upstream: Upstream::parse(upstream).unwrap(),
             address: None,
             preserve_host: true,
+            client_identity: None,
+            require_client_cert: false,
         }
     }
 

@@ -1,65 +1,76 @@
 //! The upstream clients: pooled keep-alive connections over TLS that trusts the internal CA only.
 //!
-//! One [`Pool`] per distinct upstream ([`PoolKey`]: host, port, fixed address, and the trust it is
-//! verified with). A reload that changes an upstream's trust builds a new pool, so a connection
-//! verified under the old trust is never reused; one that changes nothing for it keeps the pool
-//! and its warm connections.
+//! One [`Pool`] per distinct upstream ([`PoolKey`]: host, port, fixed address, the client
+//! identity presented, timeouts). A pool outlives reloads that do not change its key. When the
+//! upstream trust changes (anchors, CRLs, revocation policy), the pool's connector switches to the
+//! new verifier for every new handshake ([`Pool::retrust`]), and each open connection's verified
+//! chain is judged again ([`Pool::recheck`]): those that no longer verify are closed, the others
+//! stay warm.
 //!
 //! Layers of a pool's connector, outermost first:
 //! - [`Connector`]: bounds TCP connect plus TLS handshake by `[timeouts].connect`, so a black-holed
-//!   upstream costs seconds, not the OS's minutes.
+//!   upstream costs seconds, not the OS's minutes, and records each verified connection.
 //! - hyper-rustls `HttpsConnector`: https only; SNI and the name verified against the certificate
 //!   are the upstream URL's host (the service name), whatever address the TCP connection goes to.
 //! - [`TcpConnector`]: connects to the route's `address` when one is set, else resolves the host;
-//!   its writes fail when the upstream stops reading ([`WriteGuarded`]).
+//!   its writes fail when the upstream stops reading ([`WriteGuarded`]), and the socket can be
+//!   severed when its peer stops verifying ([`Severable`]).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::ClientConfig;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::pki_types::{ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
+use tracing::{error, warn};
 
 use crate::body::UpstreamBody;
 use crate::config::Timeouts;
+use crate::live::{Peer, Peers, Severable, Verified};
 use crate::routing::Route;
 use crate::server::MAX_REQUEST_HEAD;
+use crate::tls::client::Identity;
+use crate::tls::reason::{self, Side};
+use crate::tls::verify::ServerVerifier;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The pooled client requests are sent with.
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
-/// What makes two routes share a pool: the same upstream, reached the same way, verified with the
-/// same trust.
+/// What makes two routes share a pool: the same upstream, reached the same way, presenting the
+/// same client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     host: String,
     port: u16,
     address: Option<SocketAddr>,
-    /// SHA-256 over everything the connections are verified with.
-    trust: [u8; 32],
+    /// The client identity's id, when the route presents one.
+    identity: Option<[u8; 32]>,
     connect: Duration,
     write_limit: Duration,
 }
 
 impl PoolKey {
-    pub fn new(route: &Route, trust: [u8; 32], timeouts: &Timeouts) -> Self {
+    pub fn new(route: &Route, timeouts: &Timeouts) -> Self {
         Self {
             host: route.upstream.host().to_ascii_lowercase(),
             port: route.upstream.port(),
             address: route.address,
-            trust,
+            identity: route.client_identity.as_ref().map(|i| i.id),
             connect: timeouts.connect,
             write_limit: timeouts.response,
         }
@@ -70,24 +81,132 @@ impl PoolKey {
 /// ALPN, and one that speaks only HTTP/1.1, for requests that upgrade the connection (WebSocket)
 /// or preserve the client's Host, which HTTP/2 cannot carry. Dropping the last `Arc` of a pool
 /// closes its idle connections; in-flight requests and tunnels live on.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Pool {
     pub client: UpstreamClient,
     pub http1_client: UpstreamClient,
+    shared: Arc<PoolTls>,
+}
+
+/// What both clients of a pool connect with.
+#[derive(Debug)]
+struct PoolTls {
+    /// `host:port`, for log lines.
+    label: String,
+    identity: Option<Arc<Identity>>,
+    tcp: TcpConnector,
+    trust: ArcSwap<Trust>,
+    /// Connections open now, with the chains they verified.
+    peers: Peers,
+}
+
+/// The verifier new handshakes use, and the connectors built around it.
+#[derive(Debug)]
+struct Trust {
+    verifier: Arc<ServerVerifier>,
+    /// `[http/1.1 only, h2 + http/1.1]`, or why no TLS config could be built (fail closed).
+    https: Result<[HttpsConnector<TcpConnector>; 2], String>,
+}
+
+impl Trust {
+    fn new(verifier: Arc<ServerVerifier>, identity: Option<&Identity>, tcp: &TcpConnector) -> Self {
+        let https = crate::tls::client::config(verifier.clone(), identity)
+            .map(|tls| {
+                let builder = || {
+                    hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls.clone())
+                        .https_only()
+                };
+                [
+                    builder().enable_http1().wrap_connector(tcp.clone()),
+                    builder().enable_all_versions().wrap_connector(tcp.clone()),
+                ]
+            })
+            .map_err(|e| e.to_string());
+        if let Err(why) = &https {
+            error!(reason = %why, "cannot build the upstream TLS config; connections are refused");
+        }
+        Self { verifier, https }
+    }
 }
 
 impl Pool {
-    /// A pool for `key`'s upstream whose connections are verified by `tls`.
-    pub fn new(key: &PoolKey, tls: &ClientConfig) -> Self {
+    /// A pool for `key`'s upstream whose connections are verified by `verifier` and present
+    /// `identity` when asked for a client certificate.
+    pub fn new(
+        key: &PoolKey,
+        identity: Option<Arc<Identity>>,
+        verifier: Arc<ServerVerifier>,
+    ) -> Self {
         let tcp = TcpConnector {
             write_limit: key.write_limit,
             address: key.address,
         };
+        let trust = Trust::new(verifier, identity.as_deref(), &tcp);
+        let shared = Arc::new(PoolTls {
+            label: format!("{}:{}", key.host, key.port),
+            identity,
+            tcp,
+            trust: ArcSwap::from_pointee(trust),
+            peers: Peers::default(),
+        });
+        let connector = |offer_h2| Connector {
+            shared: shared.clone(),
+            offer_h2,
+            timeout: key.connect,
+        };
         Self {
-            client: pooled(Connector::new(tls.clone(), tcp.clone(), key.connect, true)),
-            http1_client: pooled(Connector::new(tls.clone(), tcp, key.connect, false)),
+            client: pooled(connector(true)),
+            http1_client: pooled(connector(false)),
+            shared,
         }
     }
+
+    /// New handshakes verify with `verifier` from now on; each gets fresh session storage.
+    pub fn retrust(&self, verifier: Arc<ServerVerifier>) {
+        let shared = &self.shared;
+        let trust = Trust::new(verifier, shared.identity.as_deref(), &shared.tcp);
+        shared.trust.store(Arc::new(trust));
+    }
+
+    /// Verifies every open connection's chain again with `verifier`; severs and logs those that
+    /// fail. Returns the severed ones.
+    pub fn recheck(&self, verifier: &ServerVerifier) -> Vec<Arc<Peer>> {
+        let now = UnixTime::now();
+        let severed = self
+            .shared
+            .peers
+            .sever_failing(|verified| verify_again(verifier, verified, now));
+        severed
+            .into_iter()
+            .map(|(peer, err)| {
+                warn!(
+                    upstream = %self.shared.label,
+                    address = %peer.address,
+                    reason = %reason::tls(&err, Side::Upstream),
+                    "closed an upstream connection: its certificate no longer verifies under the \
+                     reloaded trust"
+                );
+                peer
+            })
+            .collect()
+    }
+}
+
+/// The check a new handshake would make, on the chain a connection verified when it opened.
+fn verify_again(
+    verifier: &ServerVerifier,
+    verified: &Verified,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    let (Some((leaf, intermediates)), Some(name)) =
+        (verified.chain.split_first(), &verified.server_name)
+    else {
+        return Ok(());
+    };
+    verifier
+        .verify_server_cert(leaf, intermediates, name, &[], now)
+        .map(|_| ())
 }
 
 fn pooled(connector: Connector) -> UpstreamClient {
@@ -107,25 +226,12 @@ fn pooled(connector: Connector) -> UpstreamClient {
         .build(connector)
 }
 
-/// TLS connector with a deadline on connect plus handshake.
+/// TLS connector with a deadline on connect plus handshake, using the pool's current trust.
 #[derive(Clone, Debug)]
 pub struct Connector {
-    inner: HttpsConnector<TcpConnector>,
+    shared: Arc<PoolTls>,
+    offer_h2: bool,
     timeout: Duration,
-}
-
-impl Connector {
-    fn new(tls: ClientConfig, tcp: TcpConnector, timeout: Duration, offer_h2: bool) -> Self {
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only();
-        let inner = if offer_h2 {
-            builder.enable_all_versions().wrap_connector(tcp)
-        } else {
-            builder.enable_http1().wrap_connector(tcp)
-        };
-        Self { inner, timeout }
-    }
 }
 
 /// The upstream did not finish TCP connect and TLS handshake within `[timeouts].connect`.
@@ -133,22 +239,64 @@ impl Connector {
 #[error("connect and TLS handshake did not finish within {}", humantime::format_duration(*.0))]
 pub struct ConnectTimeout(pub Duration);
 
+/// The pool's TLS config could not be built (see the error logged when it was).
+#[derive(Debug, thiserror::Error)]
+#[error("no upstream TLS config: {0}")]
+pub struct NoTlsConfig(String);
+
+/// The connection's type as hyper-rustls hands it over.
+pub type UpstreamStream = MaybeHttpsStream<TokioIo<WriteGuarded>>;
+
 impl Service<Uri> for Connector {
-    type Response = MaybeHttpsStream<TokioIo<WriteGuarded>>;
+    type Response = UpstreamStream;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
+        let trust = self.shared.trust.load_full();
+        let shared = self.shared.clone();
         let timeout = self.timeout;
+        let connecting = match &trust.https {
+            Ok(https) => Ok(https[usize::from(self.offer_h2)].clone().call(uri.clone())),
+            Err(why) => Err(NoTlsConfig(why.clone())),
+        };
         Box::pin(async move {
-            tokio::time::timeout(timeout, connecting)
+            let stream = tokio::time::timeout(timeout, connecting?)
                 .await
-                .map_err(|_| Box::new(ConnectTimeout(timeout)) as BoxError)?
+                .map_err(|_| Box::new(ConnectTimeout(timeout)) as BoxError)??;
+            let MaybeHttpsStream::Https(tls) = &stream else {
+                return Ok(stream);
+            };
+            let (tcp, session) = tls.inner().get_ref();
+            let peer = tcp.inner().inner().inner.peer().clone();
+            let chain = session
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            peer.verified(Verified {
+                chain,
+                server_name: ServerName::try_from(host).ok(),
+            });
+            shared.peers.add(&peer);
+            // A reload that changed the trust while this handshake ran may have re-checked the
+            // open connections before this one joined them: judge it under the new trust.
+            let now_trust = shared.trust.load();
+            if !Arc::ptr_eq(&now_trust, &trust)
+                && let Some(verified) = peer.chain()
+            {
+                verify_again(&now_trust.verifier, verified, UnixTime::now())?;
+            }
+            Ok(stream)
         })
     }
 }
@@ -202,11 +350,17 @@ impl Service<Uri> for TcpConnector {
                     TcpStream::connect((host.as_str(), port)).await,
                 ),
             };
-            let stream = connected.map_err(|source| TcpConnectError { target, source })?;
+            let stream = connected.map_err(|source| TcpConnectError {
+                target: target.clone(),
+                source,
+            })?;
             // Small proxied requests must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
+            let address = stream
+                .peer_addr()
+                .map_err(|source| TcpConnectError { target, source })?;
             Ok(TokioIo::new(WriteGuarded {
-                inner: stream,
+                inner: Severable::new(stream, address),
                 limit: write_limit,
                 stall: None,
             }))
@@ -225,7 +379,7 @@ pub struct WriteStalled(pub Duration);
 /// fail; it costs nothing while writes go through.
 #[derive(Debug)]
 pub struct WriteGuarded {
-    inner: TcpStream,
+    inner: Severable,
     limit: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -298,6 +452,6 @@ impl AsyncWrite for WriteGuarded {
 
 impl Connection for WriteGuarded {
     fn connected(&self) -> Connected {
-        self.inner.connected()
+        self.inner.get_ref().connected()
     }
 }

@@ -36,19 +36,7 @@ enum Failure {
 
 /// What each upstream presents: refusals, shared identities, expiry, CA or non-serverAuth leaves.
 pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>) {
-    let verifier = match crate::tls::client::verifier(&config.upstream_tls.anchors) {
-        Ok(verifier) => verifier,
-        Err(e) => {
-            findings.push(Finding::new(
-                Severity::Critical,
-                "anchors-unusable",
-                format!("the upstream trust anchors cannot be used: {e}"),
-                "[upstream_tls].ca",
-                "point [upstream_tls].ca at the internal CA certificate",
-            ));
-            return;
-        }
-    };
+    let verifier = config.upstream_tls.verifier.clone();
     // Certificates and keys already seen, to catch one identity shared by several services.
     let mut by_cert: HashMap<String, String> = HashMap::new();
     let mut by_key: HashMap<Vec<u8>, String> = HashMap::new();
@@ -164,11 +152,17 @@ async fn probe(route: &Route, verifier: Arc<ServerVerifier>, config: &Config) ->
     });
     let tls = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map(|builder| {
-            builder
+        .and_then(|builder| {
+            let builder = builder
                 .dangerous()
-                .with_custom_certificate_verifier(recorder.clone())
-                .with_no_client_auth()
+                .with_custom_certificate_verifier(recorder.clone());
+            // The identity the proxy presents, so a backend that demands one answers the probe.
+            match &route.client_identity {
+                Some(identity) => {
+                    builder.with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+                }
+                None => Ok(builder.with_no_client_auth()),
+            }
         });
     let tls = match tls {
         Ok(tls) => tls,

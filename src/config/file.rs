@@ -29,12 +29,32 @@ pub(super) struct ServerTable {
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) watch: Option<bool>,
     pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) client_auth: Option<ClientAuthTable>,
+}
+
+/// `[server.client_auth]`: client certificates on the public listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ClientAuthTable {
+    pub(super) ca: Spanned<OneOrMany>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) forward_chain: Option<bool>,
+    pub(super) crl: Option<Spanned<OneOrMany>>,
+    pub(super) revocation: Option<Spanned<String>>,
+    pub(super) unknown_status: Option<Spanned<String>>,
+    pub(super) crl_expired: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct UpstreamTlsTable {
     pub(super) ca: Spanned<OneOrMany>,
+    pub(super) crl: Option<Spanned<OneOrMany>>,
+    pub(super) revocation: Option<Spanned<String>>,
+    pub(super) unknown_status: Option<Spanned<String>>,
+    pub(super) crl_expired: Option<Spanned<String>>,
+    pub(super) client_cert: Option<Spanned<String>>,
+    pub(super) client_key: Option<Spanned<String>>,
 }
 
 /// `ca = "file"` or `ca = ["a", "b"]`.
@@ -82,4 +102,7 @@ pub(super) struct RouteEntry {
     pub(super) upstream: Spanned<String>,
     pub(super) address: Option<Spanned<String>>,
     pub(super) preserve_host: Option<bool>,
+    pub(super) upstream_client_cert: Option<Spanned<String>>,
+    pub(super) upstream_client_key: Option<Spanned<String>>,
+    pub(super) require_client_cert: Option<bool>,
 }

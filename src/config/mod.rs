@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-use rustls::{ClientConfig, ServerConfig};
+use rustls::ServerConfig;
+use rustls::pki_types::{CertificateDer, UnixTime};
 use toml::Spanned;
 
 pub use self::error::{ConfigError, Problem};
@@ -26,6 +26,9 @@ use self::file::ConfigFile;
 pub use self::settings::{Limits, Timeouts};
 use crate::routing::{Prefix, Route, RouteTable, Upstream};
 use crate::tls;
+use crate::tls::client::Identity;
+use crate::tls::revocation::{CrlSet, Depth, Policy};
+use crate::tls::verify::{ClientVerifier, ServerVerifier};
 
 /// A fully loaded, valid configuration.
 #[derive(Debug)]
@@ -37,6 +40,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: RouteTable,
+    /// What loads but deserves attention (a CRL close to its nextUpdate, an expired one in use
+    /// under `crl_expired = "allow"`): printed by `check`, logged at startup and reload.
+    pub warnings: Vec<String>,
 }
 
 /// `[server]`: the public listener.
@@ -54,6 +60,24 @@ pub struct Server {
     pub max_connections: usize,
     /// Reload when the config file or a file it names changes.
     pub watch: bool,
+    /// `[server.client_auth]`: client certificates, when asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `[server.client_auth]`: the anchors and CRLs client certificates are verified against,
+/// never the upstream CA unless named here too.
+#[derive(Debug)]
+pub struct ClientAuth {
+    pub ca_files: Vec<PathBuf>,
+    pub anchors: Vec<CertificateDer<'static>>,
+    pub crls: CrlSet,
+    /// `mode = "require"`: no valid certificate, no TLS session.
+    pub mandatory: bool,
+    /// Forward the presented intermediates as `Client-Cert-Chain`.
+    pub forward_chain: bool,
+    pub verifier: Arc<ClientVerifier>,
+    /// SHA-256 over anchors, CRLs and policy: a change re-checks open client connections.
+    pub trust_id: [u8; 32],
 }
 
 /// `[upstream_tls]`: the internal CA, the only trust anchors for upstreams.
@@ -61,10 +85,14 @@ pub struct Server {
 pub struct UpstreamTls {
     pub ca_files: Vec<PathBuf>,
     pub anchors: Vec<CertificateDer<'static>>,
-    /// Client config trusting `anchors` only; ALPN is left to the connector.
-    pub client: ClientConfig,
-    /// SHA-256 over the anchors: upstream connections verified under other trust are not reused.
+    /// `crl` and the revocation policy; empty: no revocation checking.
+    pub crls: CrlSet,
+    /// Trusts `anchors` only, checks revocation against `crls`.
+    pub verifier: Arc<ServerVerifier>,
+    /// SHA-256 over anchors, CRLs and policy: a change re-checks open upstream connections.
     pub trust_id: [u8; 32],
+    /// `client_cert` / `client_key`: the proxy's default identity towards backends.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// Default for `[server] max_connections`: far below the usual file-descriptor limits, so the
@@ -87,6 +115,7 @@ impl Config {
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             text,
             problems: Vec::new(),
+            warnings: Vec::new(),
         };
         let parsed = match toml::from_str::<ConfigFile>(text) {
             Ok(parsed) => Some(parsed),
@@ -113,9 +142,26 @@ impl Config {
     pub fn named_folders(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         let file = parse_only(path)?;
         let dir = Self::folder(path);
-        let named = [file.server.cert.get_ref(), file.server.key.get_ref()]
-            .into_iter()
-            .chain(file.upstream_tls.ca.get_ref().as_slice())
+        let upstream = &file.upstream_tls;
+        let optional = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
+        let many = |value: Option<&Spanned<file::OneOrMany>>| {
+            value.map_or_else(Vec::new, |v| v.get_ref().as_slice().to_vec())
+        };
+        let mut raw: Vec<String> = vec![file.server.cert.get_ref().clone(), file.server.key.get_ref().clone()];
+        raw.extend(many(Some(&upstream.ca)));
+        raw.extend(many(upstream.crl.as_ref()));
+        raw.extend(optional(&upstream.client_cert));
+        raw.extend(optional(&upstream.client_key));
+        if let Some(auth) = &file.server.client_auth {
+            raw.extend(many(Some(&auth.ca)));
+            raw.extend(many(auth.crl.as_ref()));
+        }
+        for route in &file.routes {
+            raw.extend(optional(&route.upstream_client_cert));
+            raw.extend(optional(&route.upstream_client_key));
+        }
+        let named = raw
+            .iter()
             .map(|raw| dir.join(raw))
             .filter_map(|file| file.parent().map(Path::to_path_buf));
         let mut folders = vec![dir.clone()];
@@ -147,11 +193,28 @@ impl Config {
     /// Every file this config was built from: itself, the public certificate and key, the CA
     /// files. A reload is due when one of them changes.
     pub fn inputs(&self) -> Vec<PathBuf> {
-        [&self.path, &self.server.cert, &self.server.key]
+        let mut files: Vec<PathBuf> = [&self.path, &self.server.cert, &self.server.key]
             .into_iter()
             .chain(&self.upstream_tls.ca_files)
+            .chain(self.upstream_tls.crls.crls.iter().map(|crl| &crl.path))
             .cloned()
-            .collect()
+            .collect();
+        if let Some(auth) = &self.server.client_auth {
+            files.extend(auth.ca_files.iter().cloned());
+            files.extend(auth.crls.crls.iter().map(|crl| crl.path.clone()));
+        }
+        let identities = self
+            .upstream_tls
+            .identity
+            .iter()
+            .chain(self.routes.iter().filter_map(|r| r.client_identity.as_ref()));
+        for identity in identities {
+            files.push(identity.cert_file.clone());
+            files.push(identity.key_file.clone());
+        }
+        let mut seen = std::collections::HashSet::new();
+        files.retain(|file| seen.insert(file.clone()));
+        files
     }
 
     /// The folder of a config file: its relative paths start there (`.` for a bare file name).
@@ -173,15 +236,30 @@ struct Loader<'a> {
     dir: PathBuf,
     text: &'a str,
     problems: Vec<Problem>,
+    warnings: Vec<String>,
 }
+
+/// The revocation keys `[upstream_tls]` and `[server.client_auth]` share.
+struct RevocationKeys<'a> {
+    table: &'static str,
+    crl: Option<&'a Spanned<file::OneOrMany>>,
+    revocation: Option<&'a Spanned<String>>,
+    unknown_status: Option<&'a Spanned<String>>,
+    crl_expired: Option<&'a Spanned<String>>,
+}
+
+/// How close to its nextUpdate a CRL gets a warning.
+const CRL_WARNING: i64 = 48 * 3600;
 
 impl Loader<'_> {
     fn build(&mut self, file: ConfigFile) -> Option<Config> {
+        let client_auth_on = file.server.client_auth.is_some();
         let server = self.server(file.server);
         let upstream_tls = self.upstream_tls(file.upstream_tls);
         let timeouts = self.timeouts(&file.timeouts);
         let limits = self.limits(&file.limits);
-        let routes = self.routes(file.routes);
+        let default_identity = upstream_tls.as_ref().and_then(|u| u.identity.clone());
+        let routes = self.routes(file.routes, default_identity, client_auth_on);
         Some(Config {
             path: self.path.to_path_buf(),
             server: server?,
@@ -189,6 +267,7 @@ impl Loader<'_> {
             timeouts,
             limits,
             routes: routes?,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
@@ -217,9 +296,18 @@ impl Loader<'_> {
         let chain = self.check(&table.cert, "server.cert", chain);
         let private_key = tls::load_key(&key);
         let private_key = self.check(&table.key, "server.key", private_key);
+        let client_auth = table.client_auth.map(|auth| self.client_auth(auth));
+        let client_auth = match client_auth {
+            Some(None) => None,
+            Some(Some(auth)) => Some(Some(auth)),
+            None => Some(None),
+        };
+        let verifier = client_auth
+            .as_ref()
+            .and_then(|auth| auth.as_ref().map(|auth| auth.verifier.clone()));
         let tls = match (&chain, private_key) {
             (Some(chain), Some(private_key)) => {
-                match tls::server::config(chain.clone(), private_key) {
+                match tls::server::config(chain.clone(), private_key, verifier) {
                     Ok(tls) => Some(tls),
                     Err(rustls::Error::InconsistentKeys(_)) => {
                         let reason = format!(
@@ -258,16 +346,53 @@ impl Loader<'_> {
             shutdown_grace,
             max_connections: max_connections? as usize,
             watch: table.watch.unwrap_or(true),
+            client_auth: client_auth?,
         })
     }
 
-    fn upstream_tls(&mut self, table: file::UpstreamTlsTable) -> Option<UpstreamTls> {
-        let files = table.ca.get_ref().as_slice();
+    fn client_auth(&mut self, table: file::ClientAuthTable) -> Option<ClientAuth> {
+        let mandatory = match table.mode.as_ref() {
+            None => Some(true),
+            Some(mode) => self.choice(
+                mode,
+                "server.client_auth.mode",
+                &[("require", true), ("optional", false)],
+            ),
+        };
+        let anchors = self.anchors(&table.ca, "server.client_auth.ca");
+        let crls = self.revocation(RevocationKeys {
+            table: "server.client_auth",
+            crl: table.crl.as_ref(),
+            revocation: table.revocation.as_ref(),
+            unknown_status: table.unknown_status.as_ref(),
+            crl_expired: table.crl_expired.as_ref(),
+        });
+        let ((ca_files, anchors), crls, mandatory) = (anchors?, crls?, mandatory?);
+        let verifier = tls::server::client_verifier(&anchors, &crls, mandatory);
+        let verifier = self.check(&table.ca, "server.client_auth.ca", verifier)?;
+        Some(ClientAuth {
+            trust_id: tls::client::trust_id(&anchors, &crls),
+            ca_files,
+            anchors,
+            crls,
+            mandatory,
+            forward_chain: table.forward_chain.unwrap_or(false),
+            verifier,
+        })
+    }
+
+    /// The CA files of `ca`, each loaded and the bundle judged as trust anchors.
+    fn anchors(
+        &mut self,
+        ca: &Spanned<file::OneOrMany>,
+        key: &str,
+    ) -> Option<(Vec<PathBuf>, Vec<CertificateDer<'static>>)> {
+        let files = ca.get_ref().as_slice();
         if files.is_empty() {
             self.report(
-                Some(table.ca.span()),
-                Some("upstream_tls.ca".into()),
-                "names no file: the internal CA certificate is required",
+                Some(ca.span()),
+                Some(key.into()),
+                "names no file: a CA certificate is required",
             );
             return None;
         }
@@ -276,15 +401,15 @@ impl Loader<'_> {
         for raw in files {
             if raw.trim().is_empty() {
                 self.report(
-                    Some(table.ca.span()),
-                    Some("upstream_tls.ca".into()),
-                    "an empty path: name the internal CA certificate file",
+                    Some(ca.span()),
+                    Some(key.into()),
+                    "an empty path: name the CA certificate file",
                 );
                 complete = false;
                 continue;
             }
             let path = self.resolve(raw);
-            match self.check(&table.ca, "upstream_tls.ca", tls::load_ca_certs(&path)) {
+            match self.check(ca, key, tls::load_ca_certs(&path)) {
                 Some(certs) => bundle.push((path, certs)),
                 None => complete = false,
             }
@@ -296,23 +421,208 @@ impl Loader<'_> {
         let errors = tls::anchors::judge(&bundle, &system, time::OffsetDateTime::now_utc());
         if !errors.is_empty() {
             for error in errors {
-                self.report(Some(table.ca.span()), Some("upstream_tls.ca".into()), error);
+                self.report(Some(ca.span()), Some(key.into()), error);
             }
             return None;
         }
         let (ca_files, anchors): (Vec<_>, Vec<_>) = bundle.into_iter().unzip();
-        let anchors: Vec<_> = anchors.into_iter().flatten().collect();
-        let client = tls::client::config(&anchors);
-        let client = self.check(&table.ca, "upstream_tls.ca", client)?;
+        Some((ca_files, anchors.into_iter().flatten().collect()))
+    }
+
+    /// `crl` and the policy keys. Without `crl` there is no revocation checking, so the policy
+    /// keys alone are a mistake. An expired CRL under `crl_expired = "deny"` is an error (every
+    /// certificate it covers would be refused); one close to its nextUpdate is a warning.
+    fn revocation(&mut self, keys: RevocationKeys<'_>) -> Option<CrlSet> {
+        let table = keys.table;
+        let key = |name: &str| format!("{table}.{name}");
+        let depth = keys.revocation.map(|v| {
+            self.choice(
+                v,
+                &key("revocation"),
+                &[("chain", Depth::Chain), ("leaf", Depth::Leaf)],
+            )
+        });
+        let allow = [("deny", false), ("allow", true)];
+        let unknown = keys
+            .unknown_status
+            .map(|v| self.choice(v, &key("unknown_status"), &allow));
+        let expired = keys
+            .crl_expired
+            .map(|v| self.choice(v, &key("crl_expired"), &allow));
+        let policy = Policy {
+            depth: depth.unwrap_or(Some(Depth::Chain))?,
+            allow_unknown: unknown.unwrap_or(Some(false))?,
+            allow_expired: expired.unwrap_or(Some(false))?,
+        };
+        let Some(crl) = keys.crl else {
+            let set = [
+                ("revocation", keys.revocation),
+                ("unknown_status", keys.unknown_status),
+                ("crl_expired", keys.crl_expired),
+            ];
+            let mut misplaced = false;
+            for (name, value) in set {
+                if let Some(value) = value {
+                    misplaced = true;
+                    self.report(
+                        Some(value.span()),
+                        Some(key(name)),
+                        format!("has no effect without {table}.crl: name the CRL files to check"),
+                    );
+                }
+            }
+            return (!misplaced).then(CrlSet::default);
+        };
+        let files = crl.get_ref().as_slice();
+        if files.is_empty() {
+            self.report(
+                Some(crl.span()),
+                Some(key("crl")),
+                "names no file: remove the key to turn revocation checking off",
+            );
+            return None;
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut crls = Vec::new();
+        let mut complete = true;
+        for raw in files {
+            let path = self.resolve(raw);
+            let Some(loaded) = self.check(crl, &key("crl"), tls::revocation::load(&path)) else {
+                complete = false;
+                continue;
+            };
+            for one in loaded {
+                let next = one.next_update.unwrap_or(i64::MAX);
+                let when = |seconds: i64| {
+                    crate::pki::inspect::human_span(seconds.unsigned_abs())
+                };
+                if next < now && !policy.allow_expired {
+                    self.report(
+                        Some(crl.span()),
+                        Some(key("crl")),
+                        format!(
+                            "{}: the CRL from \"{}\" expired {} ago, and crl_expired = \"deny\" \
+                             would refuse every certificate it covers; publish a new one \
+                             (trustgate pki crl)",
+                            path.display(),
+                            one.issuer_name,
+                            when(now - next)
+                        ),
+                    );
+                    complete = false;
+                } else if next < now {
+                    self.warnings.push(format!(
+                        "{}: the CRL from \"{}\" expired {} ago and is still used \
+                         (crl_expired = \"allow\")",
+                        path.display(),
+                        one.issuer_name,
+                        when(now - next)
+                    ));
+                } else if next - now < CRL_WARNING {
+                    self.warnings.push(format!(
+                        "{}: the CRL from \"{}\" reaches its nextUpdate in {}; publish the next \
+                         one before then",
+                        path.display(),
+                        one.issuer_name,
+                        when(next - now)
+                    ));
+                }
+                crls.push(one);
+            }
+        }
+        complete.then_some(CrlSet { crls, policy })
+    }
+
+    /// One of `options`, by name.
+    fn choice<T: Copy>(
+        &mut self,
+        value: &Spanned<String>,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Option<T> {
+        let found = options
+            .iter()
+            .find(|(name, _)| *name == value.get_ref().as_str())
+            .map(|(_, v)| *v);
+        if found.is_none() {
+            let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            self.report(
+                Some(value.span()),
+                Some(key.into()),
+                format!("{:?} is not one of {}", value.get_ref(), names.join(", ")),
+            );
+        }
+        found
+    }
+
+    /// A client certificate and key for upstreams: both keys or neither.
+    fn identity(
+        &mut self,
+        cert: Option<&Spanned<String>>,
+        key: Option<&Spanned<String>>,
+        names: (&str, &str),
+    ) -> Option<Option<Arc<Identity>>> {
+        let (cert, key) = match (cert, key) {
+            (None, None) => return Some(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(given), None) | (None, Some(given)) => {
+                self.report(
+                    Some(given.span()),
+                    Some(if cert.is_some() { names.0 } else { names.1 }.into()),
+                    format!("{} and {} go together: set both", names.0, names.1),
+                );
+                return None;
+            }
+        };
+        let cert_file = self.resolve(cert.get_ref());
+        let key_file = self.resolve(key.get_ref());
+        let chain = tls::load_certs(&cert_file);
+        let chain = self.check(cert, names.0, chain);
+        let private_key = tls::load_key(&key_file);
+        let private_key = self.check(key, names.1, private_key);
+        let identity = Identity::new(
+            cert_file,
+            key_file,
+            chain?,
+            private_key?,
+            UnixTime::now(),
+        );
+        self.check(cert, names.0, identity).map(|i| Some(Arc::new(i)))
+    }
+
+    fn upstream_tls(&mut self, table: file::UpstreamTlsTable) -> Option<UpstreamTls> {
+        let anchors = self.anchors(&table.ca, "upstream_tls.ca");
+        let crls = self.revocation(RevocationKeys {
+            table: "upstream_tls",
+            crl: table.crl.as_ref(),
+            revocation: table.revocation.as_ref(),
+            unknown_status: table.unknown_status.as_ref(),
+            crl_expired: table.crl_expired.as_ref(),
+        });
+        let identity = self.identity(
+            table.client_cert.as_ref(),
+            table.client_key.as_ref(),
+            ("upstream_tls.client_cert", "upstream_tls.client_key"),
+        );
+        let ((ca_files, anchors), crls, identity) = (anchors?, crls?, identity?);
+        let verifier = tls::client::verifier(&anchors, &crls);
+        let verifier = self.check(&table.ca, "upstream_tls.ca", verifier)?;
         Some(UpstreamTls {
-            trust_id: tls::client::trust_id(&anchors),
+            trust_id: tls::client::trust_id(&anchors, &crls),
             ca_files,
             anchors,
-            client,
+            crls,
+            verifier,
+            identity,
         })
     }
 
-    fn routes(&mut self, entries: Vec<file::RouteEntry>) -> Option<RouteTable> {
+    fn routes(
+        &mut self,
+        entries: Vec<file::RouteEntry>,
+        default_identity: Option<Arc<Identity>>,
+        client_auth_on: bool,
+    ) -> Option<RouteTable> {
         if entries.is_empty() {
             self.report(
                 None,
@@ -347,6 +657,25 @@ impl Loader<'_> {
                 self.check(raw, &key("address"), parsed)
             });
             if entry.address.is_some() && address.is_none() {
+                complete = false;
+            }
+            let identity = self.identity(
+                entry.upstream_client_cert.as_ref(),
+                entry.upstream_client_key.as_ref(),
+                (&key("upstream_client_cert"), &key("upstream_client_key")),
+            );
+            let Some(identity) = identity else {
+                complete = false;
+                continue;
+            };
+            let require_client_cert = entry.require_client_cert.unwrap_or(false);
+            if require_client_cert && !client_auth_on {
+                self.report(
+                    Some(entry.prefix.span()),
+                    Some(key("require_client_cert")),
+                    "no client can present a certificate: add [server.client_auth] (mode = \
+                     \"optional\" lets routes decide)",
+                );
                 complete = false;
             }
             let (Some(prefix), Some(upstream)) = (prefix, upstream) else {
@@ -389,6 +718,8 @@ impl Loader<'_> {
                 upstream,
                 address,
                 preserve_host: entry.preserve_host.unwrap_or(true),
+                client_identity: identity.or_else(|| default_identity.clone()),
+                require_client_cert,
             });
         }
         complete.then(|| RouteTable::new(routes))

@@ -3,15 +3,13 @@
 
 use std::error::Error as StdError;
 use std::io;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use http::StatusCode;
-use rustls::CertificateError;
-use rustls::pki_types::UnixTime;
 
 use crate::server::admission::is_resource_exhaustion;
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
-use crate::tls::verify::Refusal;
+use crate::tls::reason::{self, Side};
 use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled};
 
 /// A request that did not get an upstream response.
@@ -19,6 +17,8 @@ use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled};
 pub enum ProxyError {
     #[error("no route matches the path")]
     NoRoute,
+    #[error("the route requires a client certificate (require_client_cert) and the connection has no verified one")]
+    ClientCertRequired,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
     #[error("CONNECT is not proxied: trustgate forwards requests, it does not open tunnels")]
@@ -77,6 +77,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::ClientCertRequired => StatusCode::FORBIDDEN,
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
@@ -168,7 +169,7 @@ fn find_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> 
 
 fn known_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> {
     if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-        return Some(describe_tls(tls));
+        return Some(reason::tls(tls, Side::Upstream));
     }
     if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
         return Some(stalled.to_string());
@@ -221,153 +222,9 @@ fn head_too_large(e: &(dyn StdError + 'static)) -> Option<&'static str> {
     }
 }
 
-fn describe_tls(err: &rustls::Error) -> String {
-    match err {
-        rustls::Error::InvalidCertificate(cert) => describe_certificate(cert),
-        rustls::Error::AlertReceived(alert) => {
-            format!("the upstream aborted the TLS handshake with alert {alert:?}")
-        }
-        rustls::Error::InvalidMessage(_)
-        | rustls::Error::InappropriateMessage { .. }
-        | rustls::Error::InappropriateHandshakeMessage { .. } => {
-            "the upstream did not answer with valid TLS: is it serving plain HTTP on this port?"
-                .into()
-        }
-        rustls::Error::PeerIncompatible(why) => {
-            format!("the upstream's TLS settings are incompatible: {why:?}")
-        }
-        other => format!("TLS handshake with the upstream failed: {other}"),
-    }
-}
-
-fn describe_certificate(err: &CertificateError) -> String {
-    match err {
-        CertificateError::NotValidForNameContext {
-            expected,
-            presented,
-        } => {
-            let names = presented
-                .iter()
-                .map(|name| format!("\"{}\"", unwrap_debug_name(name)))
-                .collect::<Vec<_>>();
-            let valid_for = if names.is_empty() {
-                "it carries no DNS or IP name in its SAN".to_owned()
-            } else {
-                format!("it is valid for {}", names.join(", "))
-            };
-            format!(
-                "certificate not valid for name \"{}\"; {valid_for}",
-                expected.to_str()
-            )
-        }
-        CertificateError::NotValidForName => "certificate not valid for the upstream's name".into(),
-        CertificateError::ExpiredContext { time, not_after } => format!(
-            "certificate expired {} ago (not valid after {})",
-            span(not_after, time),
-            date(not_after)
-        ),
-        CertificateError::Expired => "certificate expired".into(),
-        CertificateError::NotValidYetContext { time, not_before } => format!(
-            "certificate not valid yet: valid from {} (in {}); check the clocks",
-            date(not_before),
-            span(time, not_before)
-        ),
-        CertificateError::NotValidYet => "certificate not valid yet".into(),
-        CertificateError::UnknownIssuer => "unknown issuer: the certificate does not chain to \
-            [upstream_tls].ca (issued by another CA, self-signed, or the upstream does not send \
-            its intermediate)"
-            .into(),
-        CertificateError::BadSignature => "bad signature in the certificate chain".into(),
-        CertificateError::Revoked => "certificate revoked".into(),
-        CertificateError::UnknownRevocationStatus => {
-            "revocation status unknown: no CRL from the certificate's issuer".into()
-        }
-        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            "certificate is not for server authentication (its extended key usage lacks serverAuth)"
-                .into()
-        }
-        CertificateError::BadEncoding => "certificate is malformed".into(),
-        // Our own rules beyond path validation say their reason themselves.
-        CertificateError::Other(other) if other.0.is::<Refusal>() => other.0.to_string(),
-        other => {
-            let detail = format!("{other:?}");
-            if detail.contains("CaUsedAsEndEntity") {
-                "the upstream presents a CA certificate as its own (a self-signed certificate?), \
-                 not a service certificate issued by the internal CA"
-                    .into()
-            } else if detail.contains("NameConstraintViolation") {
-                "certificate name is outside the names its CA may issue for (name constraints)"
-                    .into()
-            } else {
-                format!("certificate rejected: {detail}")
-            }
-        }
-    }
-}
-
-/// `DnsName("other-service")` -> `other-service`: rustls-webpki reports names in Debug form.
-fn unwrap_debug_name(name: &str) -> &str {
-    let inner = name
-        .split_once('(')
-        .and_then(|(_, rest)| rest.strip_suffix(')'))
-        .unwrap_or(name);
-    inner.trim_matches('"')
-}
-
-/// How long from `earlier` to `later`, in words.
-fn span(earlier: &UnixTime, later: &UnixTime) -> String {
-    crate::pki::inspect::human_span(later.as_secs().saturating_sub(earlier.as_secs()))
-}
-
-fn date(t: &UnixTime) -> String {
-    let at = UNIX_EPOCH + Duration::from_secs(t.as_secs());
-    humantime::format_rfc3339_seconds(at.max(SystemTime::UNIX_EPOCH)).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::ServerName;
-
-    fn at(secs: u64) -> UnixTime {
-        UnixTime::since_unix_epoch(Duration::from_secs(secs))
-    }
-
-    #[test]
-    fn certificate_reasons_name_the_problem() {
-        let wrong_name = CertificateError::NotValidForNameContext {
-            expected: ServerName::try_from("backend-api").unwrap().to_owned(),
-            presented: vec![
-                "DnsName(\"other-service\")".into(),
-                "IpAddress(10.0.0.1)".into(),
-            ],
-        };
-        assert_eq!(
-            describe_certificate(&wrong_name),
-            "certificate not valid for name \"backend-api\"; it is valid for \"other-service\", \"10.0.0.1\""
-        );
-        let expired = CertificateError::ExpiredContext {
-            time: at(1_000_000 + 2 * 86400 + 5),
-            not_after: at(1_000_000),
-        };
-        assert!(describe_certificate(&expired).starts_with("certificate expired 2 days ago"));
-        let not_yet = CertificateError::NotValidYetContext {
-            time: at(1_000_000),
-            not_before: at(1_000_000 + 3 * 3600),
-        };
-        assert!(describe_certificate(&not_yet).contains("(in 3 hours)"));
-        assert!(
-            describe_certificate(&CertificateError::UnknownIssuer).starts_with("unknown issuer")
-        );
-        let refused = rustls::Error::from(Refusal::NoExtendedKeyUsage {
-            purpose: crate::tls::verify::Purpose::ServerAuth,
-        });
-        assert_eq!(
-            describe_tls(&refused),
-            "certificate has no extendedKeyUsage extension: a service certificate must carry \
-             serverAuth"
-        );
-    }
 
     #[test]
     fn statuses_are_pinned() {
@@ -394,12 +251,10 @@ mod tests {
 
     #[test]
     fn io_payloads_are_searched() {
-        let tls = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = io::Error::other(tls);
         let wrapped = TcpConnectErrorLike(io);
         assert!(describe(&wrapped).starts_with("unknown issuer"));
-        assert_eq!(span(&at(0), &at(1)), "1 second");
-        assert_eq!(span(&at(0), &at(120)), "2 minutes");
     }
 
     /// An error whose source is an io::Error carrying a rustls error, as tokio-rustls reports it.

@@ -5,11 +5,26 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::connection::ClientCert;
 use crate::routing::Route;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static CLIENT_CERT: HeaderName = HeaderName::from_static("client-cert");
+static CLIENT_CERT_CHAIN: HeaderName = HeaderName::from_static("client-cert-chain");
+static X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+/// Headers some proxy in front of a backend uses to say who the client is (Apache's mod_ssl
+/// `X-SSL-Client-*` conventions): only trustgate may say it, so every inbound copy is deleted.
+const X_SSL_CLIENT: &str = "x-ssl-client-";
+/// Identity headers that only trustgate sets: inbound copies are always deleted.
+const IDENTITY: [&HeaderName; 4] = [
+    &CLIENT_CERT,
+    &CLIENT_CERT_CHAIN,
+    &X_CLIENT_CERT_SUBJECT,
+    &X_FORWARDED_CLIENT_CERT,
+];
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
@@ -113,11 +128,23 @@ pub struct Forwarding<'a> {
     pub client_host: Option<&'a HeaderValue>,
     /// Set when the request upgrades the connection: the `Upgrade` value to keep.
     pub upgrade: Option<HeaderValue>,
+    /// The connection's verified client certificate, forwarded as the identity headers.
+    pub client_cert: Option<&'a ClientCert>,
+    /// Forward `Client-Cert-Chain` too.
+    pub forward_chain: bool,
 }
 
 /// Rewrites request headers for the upstream.
 pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     strip_hop_by_hop(headers);
+    strip_identity(headers);
+    if let Some(cert) = fwd.client_cert {
+        headers.insert(CLIENT_CERT.clone(), cert.leaf.clone());
+        headers.insert(X_CLIENT_CERT_SUBJECT.clone(), cert.subject_header.clone());
+        if let (true, Some(chain)) = (fwd.forward_chain, &cert.chain) {
+            headers.insert(CLIENT_CERT_CHAIN.clone(), chain.clone());
+        }
+    }
     if let Some(protocol) = &fwd.upgrade {
         keep_upgrade(headers, protocol.clone());
     }
@@ -229,6 +256,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Deletes every inbound claim of a client identity: only the verified certificate may make one.
+fn strip_identity(headers: &mut HeaderMap) {
+    for name in IDENTITY {
+        headers.remove(name);
+    }
+    // Names are lowercase in a HeaderMap; most requests carry no such header and allocate nothing.
+    if headers.keys().any(|name| name.as_str().starts_with(X_SSL_CLIENT)) {
+        let claimed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(X_SSL_CLIENT))
+            .cloned()
+            .collect();
+        for name in claimed {
+            headers.remove(name);
+        }
+    }
+}
+
 fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
@@ -245,6 +290,8 @@ mod tests {
             upstream: Upstream::parse("https://backend-api:8443/").unwrap(),
             address: None,
             preserve_host,
+            client_identity: None,
+            require_client_cert: false,
         }
     }
 
@@ -281,6 +328,8 @@ mod tests {
             peer: "192.0.2.1".parse().unwrap(),
             client_host: Some(&host),
             upgrade: None,
+            client_cert: None,
+            forward_chain: false,
         };
         prepare_request(&mut h, &fwd);
         for gone in [
@@ -311,6 +360,8 @@ mod tests {
             peer: "::ffff:192.0.2.1".parse().unwrap(),
             client_host: Some(&host),
             upgrade: None,
+            client_cert: None,
+            forward_chain: false,
         };
         prepare_request(&mut h, &fwd);
         assert_eq!(h["host"], "backend-api:8443");
@@ -331,6 +382,8 @@ mod tests {
             peer: "192.0.2.1".parse().unwrap(),
             client_host: Some(&host),
             upgrade: None,
+            client_cert: None,
+            forward_chain: false,
         };
         prepare_request(&mut h, &fwd);
         assert_eq!(h["content-length"], "3");
@@ -354,6 +407,8 @@ mod tests {
             peer: "192.0.2.1".parse().unwrap(),
             client_host: None,
             upgrade: Some(protocol),
+            client_cert: None,
+            forward_chain: false,
         };
         prepare_request(&mut h, &fwd);
         assert_eq!(h["connection"], "upgrade");

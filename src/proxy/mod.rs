@@ -46,6 +46,8 @@ pub struct Proxy {
     /// How slowly a request body may arrive.
     upload_pace: UploadPace,
     tunnel_idle: Duration,
+    /// `[server.client_auth] forward_chain`: send `Client-Cert-Chain` too.
+    forward_chain: bool,
 }
 
 impl Proxy {
@@ -55,6 +57,7 @@ impl Proxy {
         pools: Box<[Arc<Pool>]>,
         timeouts: &Timeouts,
         limits: &Limits,
+        forward_chain: bool,
     ) -> Self {
         debug_assert_eq!(routes.len(), pools.len());
         let targets = routes
@@ -74,6 +77,7 @@ impl Proxy {
                 min_rate: limits.min_upload_rate,
             },
             tunnel_idle: timeouts.tunnel_idle,
+            forward_chain,
         }
     }
 
@@ -93,6 +97,7 @@ impl Proxy {
             method: req.method().clone(),
             uri: req.uri().clone(),
             route: route_name,
+            client_cert: conn.client_cert.as_deref().map(|c| c.subject.as_str()),
             started: Instant::now(),
             status: None,
         };
@@ -101,6 +106,9 @@ impl Proxy {
         // depend on whether some route happens to match.
         let result = match (check_request(&req), route) {
             (Err(err), _) => Err(err),
+            (Ok(()), Some(route)) if route.require_client_cert && conn.client_cert.is_none() => {
+                Err(ProxyError::ClientCertRequired)
+            }
             (Ok(()), Some(route)) => {
                 let target = &self.targets[found.map_or(0, |(i, _)| i)];
                 self.forward(route, target, req, conn).await
@@ -148,6 +156,8 @@ impl Proxy {
                 peer: peer.ip(),
                 client_host: client_host.as_ref(),
                 upgrade: upgrade.clone(),
+                client_cert: conn.client_cert.as_deref(),
+                forward_chain: self.forward_chain,
             },
         );
         parts.uri = route
@@ -312,6 +322,8 @@ struct AccessLog<'a> {
     method: http::Method,
     uri: http::Uri,
     route: &'a str,
+    /// The verified client certificate's subject, if any.
+    client_cert: Option<&'a str>,
     started: Instant,
     status: Option<StatusCode>,
 }
@@ -325,6 +337,7 @@ impl Drop for AccessLog<'_> {
             path = %self.uri.path(),
             status = self.status.map_or(499, |s| s.as_u16()),
             route = %self.route,
+            client_cert = self.client_cert,
             elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
         );
     }

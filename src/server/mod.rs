@@ -28,9 +28,11 @@ use tracing::{debug, info, warn};
 use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
 use self::watchdog::{Activity, Clocks, Tracked, Verdict};
 use crate::config::{Limits, Timeouts};
-use crate::connection::UpstreamTurns;
+use crate::connection::{ClientCert, UpstreamTurns};
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
 use crate::io::OnRead;
+use crate::live::{Peers, Severable, Verified};
+use crate::tls::reason::{self, Side};
 
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -72,12 +74,21 @@ pub struct PerConnection {
     pub clocks: Clocks,
     pub h2_max_streams: u32,
     pub upstream_per_connection: usize,
+    /// With client auth: where connections with a verified client certificate are recorded, so
+    /// a change of client trust can judge them again.
+    pub client_peers: Option<Arc<Peers>>,
 }
 
 impl PerConnection {
-    pub fn new(tls: Arc<ServerConfig>, timeouts: &Timeouts, limits: &Limits) -> Self {
+    pub fn new(
+        tls: Arc<ServerConfig>,
+        timeouts: &Timeouts,
+        limits: &Limits,
+        client_peers: Option<Arc<Peers>>,
+    ) -> Self {
         Self {
             tls,
+            client_peers,
             clocks: Clocks {
                 client_header: timeouts.client_header,
                 idle: timeouts.idle,
@@ -122,7 +133,7 @@ impl TlsServer {
         let limits = Limits::default();
         let admission = AdmissionLimits::new(&limits, crate::config::DEFAULT_MAX_CONNECTIONS);
         Self::with_settings(
-            Arc::new(move || PerConnection::new(tls(), &timeouts, &limits)),
+            Arc::new(move || PerConnection::new(tls(), &timeouts, &limits, None)),
             admission,
             shutdown_grace,
         )
@@ -287,10 +298,25 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         let clocks = settings.clocks;
         let activity = Activity::new(accepted);
+        let tcp = Severable::new(tcp, peer);
         let tls = match tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                debug!(%peer, error = %e, "TLS handshake failed");
+                let refused = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .filter(|tls| {
+                        matches!(
+                            tls,
+                            rustls::Error::InvalidCertificate(_)
+                                | rustls::Error::NoCertificatesPresented
+                        )
+                    });
+                match refused {
+                    Some(tls) => info!(%peer, reason = %reason::tls(tls, Side::Client),
+                        "client certificate refused; TLS handshake aborted"),
+                    None => debug!(%peer, error = %e, "TLS handshake failed"),
+                }
                 return;
             }
             Err(_) => {
@@ -300,10 +326,20 @@ impl Connection {
         };
         // HTTP/2 is told by its preface, as hyper tells it, not by ALPN: a client that negotiates
         // h2 and then speaks HTTP/1.1 is served, and timed, as HTTP/1.1.
-        let session = tls.get_ref().1;
+        let (tcp, session) = tls.get_ref();
+        let chain = session.peer_certificates().unwrap_or_default();
+        let client_cert = ClientCert::from_chain(chain).map(Arc::new);
+        if let (Some(peers), Some(_)) = (&settings.client_peers, &client_cert) {
+            tcp.peer().verified(Verified {
+                chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+                server_name: None,
+            });
+            peers.add(tcp.peer());
+        }
         let info = Arc::new(ConnectionInfo::new(
             peer,
             session.server_name().map(str::to_owned),
+            client_cert,
             upstream_turns,
             (admission, drain.clone()),
         ));

@@ -8,6 +8,8 @@
 
 pub mod anchors;
 pub mod client;
+pub mod reason;
+pub mod revocation;
 pub mod server;
 pub mod verify;
 
@@ -120,6 +122,82 @@ pub fn subject(cert: &CertificateDer<'_>) -> String {
     match x509_parser::parse_x509_certificate(cert) {
         Ok((_, parsed)) => parsed.subject().to_string(),
         Err(_) => "<unparseable certificate>".into(),
+    }
+}
+
+/// A distinguished name as RFC 4514 writes it: the last RDN first, `,` between RDNs, `+` inside
+/// one, the usual short names (else the dotted OID with the value's DER in hex). Every byte that
+/// is not printable ASCII is escaped as `\XX`, so the result fits an HTTP header.
+pub fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter_rdn().collect();
+    for (i, rdn) in rdns.into_iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            let short = match oid.as_str() {
+                "2.5.4.3" => Some("CN"),
+                "2.5.4.7" => Some("L"),
+                "2.5.4.8" => Some("ST"),
+                "2.5.4.10" => Some("O"),
+                "2.5.4.11" => Some("OU"),
+                "2.5.4.6" => Some("C"),
+                "2.5.4.9" => Some("STREET"),
+                "0.9.2342.19200300.100.1.25" => Some("DC"),
+                "0.9.2342.19200300.100.1.1" => Some("UID"),
+                _ => None,
+            };
+            match (short, attr.as_str()) {
+                (Some(short), Ok(value)) => {
+                    out.push_str(short);
+                    out.push('=');
+                    escape_rfc4514(value, &mut out);
+                }
+                _ => {
+                    out.push_str(&oid);
+                    out.push_str("=#");
+                    let value = attr.attr_value();
+                    let mut der = vec![value.header.tag().0 as u8];
+                    let len = value.data.len();
+                    if len < 0x80 {
+                        der.push(len as u8);
+                    } else {
+                        let bytes: Vec<u8> = len
+                            .to_be_bytes()
+                            .into_iter()
+                            .skip_while(|&b| b == 0)
+                            .collect();
+                        der.push(0x80 | bytes.len() as u8);
+                        der.extend(bytes);
+                    }
+                    der.extend_from_slice(value.data);
+                    out.push_str(&crate::pki::inspect::hex(&der));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn escape_rfc4514(value: &str, out: &mut String) {
+    let last = value.len().saturating_sub(1);
+    for (i, byte) in value.bytes().enumerate() {
+        let special = matches!(byte, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\')
+            || (i == 0 && matches!(byte, b' ' | b'#'))
+            || (i == last && byte == b' ');
+        if special {
+            out.push('\\');
+            out.push(byte as char);
+        } else if byte.is_ascii_graphic() || byte == b' ' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("\\{byte:02X}"));
+        }
     }
 }
 

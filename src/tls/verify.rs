@@ -13,12 +13,16 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use x509_parser::certificate::X509Certificate;
+
+use super::revocation::{self, CrlSet};
 
 /// What an end-entity certificate is presented for: its extendedKeyUsage must name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +69,29 @@ pub enum Refusal {
     IntermediateCannotSign { subject: String, why: CannotSign },
     #[error("certificate #{index} of the chain cannot be parsed: {reason}")]
     Unparseable { index: usize, reason: String },
+    #[error("{} (serial 0x{serial}, revoked {}{})",
+        if *leaf { "certificate revoked".to_owned() } else { format!("issuing CA \"{subject}\" revoked") },
+        rfc3339(*at),
+        reason.map(|code| format!(", reason {}", revocation::reason_name(code))).unwrap_or_default())]
+    Revoked {
+        /// The end-entity certificate itself, not one of its issuers.
+        leaf: bool,
+        subject: String,
+        serial: String,
+        at: i64,
+        reason: Option<u8>,
+    },
+    #[error("revocation status unknown: no CRL from \"{issuer}\"")]
+    RevocationUnknown { issuer: String },
+    #[error("CRL from \"{issuer}\" expired {} ago", crate::pki::inspect::human_span(*ago))]
+    CrlExpired { issuer: String, ago: u64 },
+    #[error("the CRL from {issuers} cannot be used ({why}): is it signed by another CA under the same name?")]
+    BadCrl { issuers: String, why: String },
+}
+
+fn rfc3339(secs: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 impl From<Refusal> for rustls::Error {
@@ -145,18 +172,90 @@ fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificat
         })
 }
 
-/// The upstream verifier: webpki's decision (chain to the anchors, signatures, validity, name),
-/// then [`check_chain`] for serverAuth. The proxy's connections and `audit --probe` both use it.
+/// What both verifiers add to webpki's decision: the anchors (to tell them apart in a presented
+/// chain), the CRLs (to explain a revocation refusal), and the throttle of the warning that an
+/// expired CRL is in use under `crl_expired = "allow"`.
+#[derive(Debug)]
+struct Rules {
+    anchors: Vec<CertificateDer<'static>>,
+    crls: CrlSet,
+    purpose: Purpose,
+    /// When the expired-CRL warning was last logged (seconds since the epoch).
+    warned_expired: AtomicI64,
+}
+
+impl Rules {
+    /// webpki's `verdict` on `end_entity` + `intermediates`, then [`check_chain`]; refusals about
+    /// revocation are explained.
+    fn judge<T>(
+        &self,
+        verdict: Result<T, rustls::Error>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<T, rustls::Error> {
+        let verified = verdict.map_err(|error| {
+            let chain: Vec<&CertificateDer<'_>> =
+                std::iter::once(end_entity).chain(intermediates).collect();
+            match self.crls.explain(&error, &chain, now) {
+                Some(refusal) => refusal.into(),
+                None => error,
+            }
+        })?;
+        check_chain(end_entity, intermediates, &self.anchors, self.purpose)?;
+        if self.crls.policy.allow_expired {
+            self.warn_expired(now.as_secs() as i64);
+        }
+        Ok(verified)
+    }
+
+    /// Under `crl_expired = "allow"`, an expired CRL in use is logged, at most once an hour.
+    fn warn_expired(&self, now: i64) {
+        let last = self.warned_expired.load(Relaxed);
+        if now - last < 3600 || self.crls.expired(now).next().is_none() {
+            return;
+        }
+        if self
+            .warned_expired
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+        {
+            for crl in self.crls.expired(now) {
+                tracing::warn!(
+                    crl = %crl.path.display(),
+                    issuer = %crl.issuer_name,
+                    "CRL past its nextUpdate still in use (crl_expired = \"allow\"); publish a new \
+                     one (logged at most hourly)"
+                );
+            }
+        }
+    }
+}
+
+/// The upstream verifier: webpki's decision (chain to the anchors, signatures, validity, name,
+/// revocation), then [`check_chain`] for serverAuth. The proxy's connections, the re-check of
+/// live connections after a trust change and `audit --probe` all use it.
 #[derive(Debug)]
 pub struct ServerVerifier {
     webpki: Arc<WebPkiServerVerifier>,
-    /// The anchors `webpki` trusts, to tell them apart in a presented chain.
-    anchors: Vec<CertificateDer<'static>>,
+    rules: Rules,
 }
 
 impl ServerVerifier {
-    pub fn new(webpki: Arc<WebPkiServerVerifier>, anchors: Vec<CertificateDer<'static>>) -> Self {
-        Self { webpki, anchors }
+    pub fn new(
+        webpki: Arc<WebPkiServerVerifier>,
+        anchors: Vec<CertificateDer<'static>>,
+        crls: CrlSet,
+    ) -> Self {
+        Self {
+            webpki,
+            rules: Rules {
+                anchors,
+                crls,
+                purpose: Purpose::ServerAuth,
+                warned_expired: AtomicI64::new(i64::MIN / 2),
+            },
+        }
     }
 }
 
@@ -171,20 +270,14 @@ impl ServerCertVerifier for ServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         // webpki first: an untrusted chain is reported as such, and only chains that already
         // validated are parsed again.
-        let verified = self.webpki.verify_server_cert(
+        let verdict = self.webpki.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        )?;
-        check_chain(
-            end_entity,
-            intermediates,
-            &self.anchors,
-            Purpose::ServerAuth,
-        )?;
-        Ok(verified)
+        );
+        self.rules.judge(verdict, end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -215,6 +308,84 @@ impl ServerCertVerifier for ServerVerifier {
 
     fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
         self.webpki.root_hint_subjects()
+    }
+}
+
+/// The public listener's verifier for client certificates: webpki's decision (chain to
+/// `[server.client_auth] ca`, validity, revocation), then [`check_chain`] for clientAuth.
+#[derive(Debug)]
+pub struct ClientVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    rules: Rules,
+}
+
+impl ClientVerifier {
+    pub fn new(
+        webpki: Arc<dyn ClientCertVerifier>,
+        anchors: Vec<CertificateDer<'static>>,
+        crls: CrlSet,
+    ) -> Self {
+        Self {
+            webpki,
+            rules: Rules {
+                anchors,
+                crls,
+                purpose: Purpose::ClientAuth,
+                warned_expired: AtomicI64::new(i64::MIN / 2),
+            },
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now);
+        self.rules.judge(verdict, end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.webpki.requires_raw_public_keys()
     }
 }
 
