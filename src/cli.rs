@@ -73,5 +73,9 @@ pub enum Command {
         /// Private key, PEM.
         #[arg(long)]
         key: PathBuf,
+        /// Require a client certificate issued under this CA (PEM) and print its subject in
+        /// each answer: a backend that demands mutual TLS.
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
     },
 }

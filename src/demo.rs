@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::echo;
 use crate::gateway::Gateway;
-use crate::pki::{Ca, LeafRequest, Validity};
+use crate::pki::{Ca, LeafRequest, Usage, Validity};
 use crate::server::shutdown_signal;
 
 /// Files the demo writes, relative to its folder.
@@ -32,9 +32,12 @@ pub async fn run(listen: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()>
     let backend_addr = backend.local_addr()?;
     write_files(&dir, listen, backend_addr)?;
 
+    // The backend demands a client certificate from the internal CA: the proxy presents its own.
+    let client_auth = echo::client_auth(&dir.join("internal/ca.pem"))?;
     let backend_tls = echo::Identity::load(
         &dir.join("backend/server.crt"),
         &dir.join("backend/server.key"),
+        Some(client_auth),
     )?;
     let config = Config::load(&dir.join(CONFIG))?;
     let listener = TcpListener::bind(listen).await.with_context(|| {
@@ -48,7 +51,11 @@ pub async fn run(listen: SocketAddr, dir: Option<PathBuf>) -> anyhow::Result<()>
     println!(
         "The proxy trusts only the demo's internal root for upstreams, sends SNI \"backend-api\""
     );
-    println!("and checks that name against the backend certificate. Try it:");
+    println!("and checks that name against the backend certificate; the backend in turn demands");
+    println!(
+        "the proxy's client certificate (mutual TLS, \"tls client certificate\" in the answer)."
+    );
+    println!("Try it:");
     println!();
     println!(
         "  curl --cacert {} https://localhost:{public_port}/api/hello",
@@ -76,6 +83,9 @@ fn write_files(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> anyhow::R
     let intermediate =
         root.intermediate("trustgate demo intermediate CA", Validity::days(365), &[])?;
     let leaf = intermediate.issue(&LeafRequest::server("backend-api", 30))?;
+    let mut proxy_request = LeafRequest::server("trustgate-proxy", 30);
+    proxy_request.usage = Usage::Client;
+    let proxy_identity = intermediate.issue(&proxy_request)?;
     let public_ca = Ca::root("trustgate demo public CA", Validity::days(30))?;
     let mut public_request = LeafRequest::server("localhost", 30);
     public_request.names.push("127.0.0.1".into());
@@ -91,7 +101,11 @@ fn write_files(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> anyhow::R
         config,
         "cert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n"
     )?;
-    writeln!(config, "[upstream_tls]\nca = \"internal/ca.pem\"\n")?;
+    writeln!(
+        config,
+        "[upstream_tls]\nca = \"internal/ca.pem\"\n\
+         client_cert = \"proxy/client.crt\"\nclient_key = \"proxy/client.key\"\n"
+    )?;
     writeln!(config, "[[route]]\nprefix = \"/api\"")?;
     writeln!(
         config,
@@ -107,6 +121,11 @@ fn write_files(dir: &Path, listen: SocketAddr, backend: SocketAddr) -> anyhow::R
             leaf.cert_pem + &intermediate.cert_pem(),
         ),
         ("backend/server.key", leaf.key_pem),
+        (
+            "proxy/client.crt",
+            proxy_identity.cert_pem + &intermediate.cert_pem(),
+        ),
+        ("proxy/client.key", proxy_identity.key_pem),
         ("public/fullchain.pem", public.cert_pem),
         ("public/privkey.pem", public.key_pem),
         (PUBLIC_CA, public_ca.cert_pem()),

@@ -29,10 +29,22 @@ use crate::pki::inspect::CertInfo;
 use crate::reload::{self, Triggers};
 use crate::server::TlsServer;
 use crate::tls;
+use crate::tls::revocation::CrlSet;
+use crate::tls::verify::ClientVerifier;
 use crate::watch::FolderWatch;
 
 /// Request bodies larger than this get 413: the echo keeps the body in memory to send it back.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// The client certificates an echo demands (`--client-ca`): mutual TLS, required.
+pub type ClientAuth = Option<Arc<ClientVerifier>>;
+
+/// A verifier that requires a client certificate issued under the CAs in `ca` (no CRLs).
+pub fn client_auth(ca: &Path) -> anyhow::Result<Arc<ClientVerifier>> {
+    let anchors = tls::load_ca_certs(ca)?;
+    tls::server::client_verifier(&anchors, &CrlSet::default(), true)
+        .with_context(|| format!("cannot use {} as the client CA", ca.display()))
+}
 
 /// What the echo presents: its TLS config, and its certificate's serial for the answers.
 #[derive(Debug, Clone)]
@@ -47,19 +59,20 @@ impl Identity {
     pub fn new(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
+        client_auth: ClientAuth,
     ) -> anyhow::Result<Self> {
         let serial = CertInfo::parse(chain.first().ok_or_else(|| anyhow!("no certificate"))?)
             .map_err(|e| anyhow!(e))?
             .serial;
         Ok(Self {
-            tls: tls::server::config(chain, key, None)?,
+            tls: tls::server::config(chain, key, client_auth)?,
             serial,
         })
     }
 
     /// Reads the pair; errors name the files and the reason.
-    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
-        Self::new(tls::load_certs(cert)?, tls::load_key(key)?)
+    pub fn load(cert: &Path, key: &Path, client_auth: ClientAuth) -> anyhow::Result<Self> {
+        Self::new(tls::load_certs(cert)?, tls::load_key(key)?, client_auth)
             .with_context(|| format!("cannot use {} with {}", cert.display(), key.display()))
     }
 }
@@ -80,9 +93,11 @@ pub async fn serve_files(
     listener: TcpListener,
     cert: PathBuf,
     key: PathBuf,
+    client_ca: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let identity = Identity::load(&cert, &key)?;
+    let client_auth = client_ca.as_deref().map(client_auth).transpose()?;
+    let identity = Identity::load(&cert, &key, client_auth.clone())?;
     info!(serial = %identity.serial, "echo certificate loaded");
     let current = Arc::new(ArcSwap::from_pointee(identity));
     let (triggers, mut batches) = Triggers::new();
@@ -99,8 +114,8 @@ pub async fn serve_files(
     let reloads = tokio::spawn(async move {
         let _watch = watch;
         while batches.next().await {
-            let (cert, key) = (cert.clone(), key.clone());
-            match tokio::task::spawn_blocking(move || Identity::load(&cert, &key)).await {
+            let (cert, key, auth) = (cert.clone(), key.clone(), client_auth.clone());
+            match tokio::task::spawn_blocking(move || Identity::load(&cert, &key, auth)).await {
                 // The same pair again (a chown, a touch): nothing to do.
                 Ok(Ok(new)) if new.serial == swapped.load().serial => {}
                 Ok(Ok(new)) => {
@@ -146,8 +161,11 @@ async fn respond(
     serial: String,
 ) -> Response<Full<Bytes>> {
     let mut text = format!(
-        "trustgate echo backend\ntls sni: {}\ntls certificate serial: {serial}\npeer: {}\n\n{} {} {:?}\n",
+        "trustgate echo backend\ntls sni: {}\ntls certificate serial: {serial}\ntls client certificate: {}\npeer: {}\n\n{} {} {:?}\n",
         info.sni.as_deref().unwrap_or("(none)"),
+        info.client_cert
+            .as_ref()
+            .map_or("(none)", |c| c.subject.as_str()),
         info.peer,
         req.method(),
         req.uri().path_and_query().map_or("/", |p| p.as_str()),

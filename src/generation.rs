@@ -94,7 +94,11 @@ impl Generation {
         if !severed.is_empty() {
             let count = severed.len();
             let held = live::wait_closed(severed, SEVERED_DROP_WAIT);
-            info!(count, still_held = held, "connections that no longer verify were closed");
+            info!(
+                count,
+                still_held = held,
+                "connections that no longer verify were closed"
+            );
         }
 
         Self {

@@ -57,6 +57,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     "route"
                 );
             }
+            for warning in &config.warnings {
+                tracing::warn!(%warning, "configuration");
+            }
             tracing::info!(%listen, routes = config.routes.len(), "trustgate listening");
             Gateway::new(&config)
                 .serve(listener, shutdown_signal())
@@ -66,6 +69,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => match Config::load(&config) {
             Ok(config) => {
                 println!("{}", config.summary());
+                for warning in &config.warnings {
+                    println!("warning: {warning}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => Ok(report_config_error(&e)),
@@ -87,12 +93,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             trustgate::pki::commands::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Echo { listen, cert, key } => {
+        Command::Echo {
+            listen,
+            cert,
+            key,
+            client_ca,
+        } => {
             let listener = TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
             tracing::info!(%listen, "echo backend listening");
-            echo::serve_files(listener, cert, key, shutdown_signal()).await?;
+            echo::serve_files(listener, cert, key, client_ca, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

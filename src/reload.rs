@@ -112,6 +112,8 @@ struct Facts {
     watch: bool,
     cert: String,
     anchors: Vec<String>,
+    /// Each CRL in use (both sides): issuer, thisUpdate and revoked count.
+    crls: Vec<String>,
     routes: BTreeMap<String, String>,
 }
 
@@ -140,6 +142,25 @@ impl Facts {
             })
             .collect();
         let inputs_paths = config.inputs();
+        let client_crls = config.server.client_auth.iter().flat_map(|a| &a.crls.crls);
+        let crls = config
+            .upstream_tls
+            .crls
+            .crls
+            .iter()
+            .chain(client_crls)
+            .map(|crl| {
+                format!(
+                    "{} of {} ({} revoked)",
+                    crl.issuer_name,
+                    crate::pki::inspect::rfc3339(
+                        time::OffsetDateTime::from_unix_timestamp(crl.this_update)
+                            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+                    ),
+                    crl.revoked_count()
+                )
+            })
+            .collect();
         Self {
             inputs: hash_files(&inputs_paths),
             inputs_paths,
@@ -151,6 +172,7 @@ impl Facts {
                 .iter()
                 .map(crate::tls::subject)
                 .collect(),
+            crls,
             routes,
         }
     }
@@ -176,6 +198,10 @@ impl Facts {
         }
         if !removed.is_empty() {
             parts.push(format!("anchors removed: {}", join(&removed)));
+        }
+        let published: Vec<_> = new.crls.iter().filter(|c| !self.crls.contains(c)).collect();
+        if !published.is_empty() {
+            parts.push(format!("CRLs now {}", join(&published)));
         }
         let mut routes = Vec::new();
         for (prefix, to) in &new.routes {
@@ -277,6 +303,9 @@ impl Reloader {
             return Ok(Outcome::Unchanged);
         }
         let config = Config::load(&self.path)?;
+        for warning in &config.warnings {
+            warn!(%warning, "reload");
+        }
         let problems = self.fixed.refuse_changes(&Fixed::of(&config), &self.path);
         if !problems.is_empty() {
             return Err(ConfigError { problems });

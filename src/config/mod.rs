@@ -143,11 +143,15 @@ impl Config {
         let file = parse_only(path)?;
         let dir = Self::folder(path);
         let upstream = &file.upstream_tls;
-        let optional = |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
+        let optional =
+            |value: &Option<Spanned<String>>| value.as_ref().map(|v| v.get_ref().clone());
         let many = |value: Option<&Spanned<file::OneOrMany>>| {
             value.map_or_else(Vec::new, |v| v.get_ref().as_slice().to_vec())
         };
-        let mut raw: Vec<String> = vec![file.server.cert.get_ref().clone(), file.server.key.get_ref().clone()];
+        let mut raw: Vec<String> = vec![
+            file.server.cert.get_ref().clone(),
+            file.server.key.get_ref().clone(),
+        ];
         raw.extend(many(Some(&upstream.ca)));
         raw.extend(many(upstream.crl.as_ref()));
         raw.extend(optional(&upstream.client_cert));
@@ -203,11 +207,11 @@ impl Config {
             files.extend(auth.ca_files.iter().cloned());
             files.extend(auth.crls.crls.iter().map(|crl| crl.path.clone()));
         }
-        let identities = self
-            .upstream_tls
-            .identity
-            .iter()
-            .chain(self.routes.iter().filter_map(|r| r.client_identity.as_ref()));
+        let identities = self.upstream_tls.identity.iter().chain(
+            self.routes
+                .iter()
+                .filter_map(|r| r.client_identity.as_ref()),
+        );
         for identity in identities {
             files.push(identity.cert_file.clone());
             files.push(identity.key_file.clone());
@@ -493,9 +497,7 @@ impl Loader<'_> {
             };
             for one in loaded {
                 let next = one.next_update.unwrap_or(i64::MAX);
-                let when = |seconds: i64| {
-                    crate::pki::inspect::human_span(seconds.unsigned_abs())
-                };
+                let when = |seconds: i64| crate::pki::inspect::human_span(seconds.unsigned_abs());
                 if next < now && !policy.allow_expired {
                     self.report(
                         Some(crl.span()),
@@ -580,14 +582,9 @@ impl Loader<'_> {
         let chain = self.check(cert, names.0, chain);
         let private_key = tls::load_key(&key_file);
         let private_key = self.check(key, names.1, private_key);
-        let identity = Identity::new(
-            cert_file,
-            key_file,
-            chain?,
-            private_key?,
-            UnixTime::now(),
-        );
-        self.check(cert, names.0, identity).map(|i| Some(Arc::new(i)))
+        let identity = Identity::new(cert_file, key_file, chain?, private_key?, UnixTime::now());
+        self.check(cert, names.0, identity)
+            .map(|i| Some(Arc::new(i)))
     }
 
     fn upstream_tls(&mut self, table: file::UpstreamTlsTable) -> Option<UpstreamTls> {

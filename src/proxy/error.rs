@@ -17,7 +17,9 @@ use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled};
 pub enum ProxyError {
     #[error("no route matches the path")]
     NoRoute,
-    #[error("the route requires a client certificate (require_client_cert) and the connection has no verified one")]
+    #[error(
+        "the route requires a client certificate (require_client_cert) and the connection has no verified one"
+    )]
     ClientCertRequired,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),

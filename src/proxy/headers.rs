@@ -262,7 +262,10 @@ fn strip_identity(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     // Names are lowercase in a HeaderMap; most requests carry no such header and allocate nothing.
-    if headers.keys().any(|name| name.as_str().starts_with(X_SSL_CLIENT)) {
+    if headers
+        .keys()
+        .any(|name| name.as_str().starts_with(X_SSL_CLIENT))
+    {
         let claimed: Vec<HeaderName> = headers
             .keys()
             .filter(|name| name.as_str().starts_with(X_SSL_CLIENT))

@@ -54,8 +54,9 @@ pub fn verifier(
     anchors: &[CertificateDer<'static>],
     crls: &CrlSet,
 ) -> Result<Arc<ServerVerifier>, TrustError> {
-    let mut builder = WebPkiServerVerifier::builder_with_provider(roots(anchors)?, super::provider())
-        .with_crls(crls.ders());
+    let mut builder =
+        WebPkiServerVerifier::builder_with_provider(roots(anchors)?, super::provider())
+            .with_crls(crls.ders());
     if crls.policy.depth == Depth::Leaf {
         builder = builder.only_check_end_entity_revocation();
     }
@@ -191,7 +192,12 @@ impl Identity {
                     key: key_file,
                 });
             }
-            Err(e) => return Err(unusable(format!("cannot be used with {}: {e}", key_file.display()))),
+            Err(e) => {
+                return Err(unusable(format!(
+                    "cannot be used with {}: {e}",
+                    key_file.display()
+                )));
+            }
         }
         let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         for cert in &chain {

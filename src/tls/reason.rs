@@ -114,10 +114,14 @@ pub fn certificate(err: &CertificateError, side: Side) -> String {
         | CertificateError::ExpiredRevocationListContext { .. } => "a CRL has expired".into(),
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             match side {
-                Side::Upstream => "certificate is not for server authentication (its extended key \
-                                   usage lacks serverAuth)",
-                Side::Client => "certificate is not for client authentication (its extended key \
-                                 usage lacks clientAuth)",
+                Side::Upstream => {
+                    "certificate is not for server authentication (its extended key \
+                                   usage lacks serverAuth)"
+                }
+                Side::Client => {
+                    "certificate is not for client authentication (its extended key \
+                                 usage lacks clientAuth)"
+                }
             }
             .into()
         }

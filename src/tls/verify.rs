@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
 use x509_parser::certificate::X509Certificate;
 
@@ -85,7 +85,9 @@ pub enum Refusal {
     RevocationUnknown { issuer: String },
     #[error("CRL from \"{issuer}\" expired {} ago", crate::pki::inspect::human_span(*ago))]
     CrlExpired { issuer: String, ago: u64 },
-    #[error("the CRL from {issuers} cannot be used ({why}): is it signed by another CA under the same name?")]
+    #[error(
+        "the CRL from {issuers} cannot be used ({why}): is it signed by another CA under the same name?"
+    )]
     BadCrl { issuers: String, why: String },
 }
 
