@@ -215,6 +215,7 @@ impl Setup {
         let backend_tls = trustgate::tls::server::config(
             vec![leaf.cert.clone(), intermediate.cert().clone()],
             PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("backend key"),
+            None,
         )
         .expect("backend TLS config");
 

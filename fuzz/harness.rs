@@ -9,18 +9,17 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use http::Uri;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use rustls::RootCertStore;
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::CertificateRevocationListDer;
-use rustls::pki_types::pem::PemObject;
+use rustls::CertificateError;
+use rustls::pki_types::UnixTime;
 use trustgate::config::Config;
 use trustgate::pki::{Ca, LeafRequest, Validity};
 use trustgate::proxy::headers::{self as rewrite, Forwarding};
 use trustgate::routing::{self, Prefix, Route, RouteTable, Upstream};
+use trustgate::tls::revocation::{self, CrlSet};
 use trustgate::tls::{self, PemError};
 
 // ---------------------------------------------------------------------------------------------
@@ -57,6 +56,8 @@ pub fn check_routes(routes: &[(&str, &str)], target: &str, location: &str, publi
             upstream,
             address: None,
             preserve_host: i % 2 == 0,
+            client_identity: None,
+            require_client_cert: false,
         });
     }
     let table = RouteTable::new(table);
@@ -268,6 +269,8 @@ static HEADER_ROUTE: LazyLock<(Route, Route)> = LazyLock::new(|| {
         upstream: Upstream::parse("https://backend-api:8443/").expect("valid upstream"),
         address: None,
         preserve_host,
+        client_identity: None,
+        require_client_cert: false,
     };
     (route(true), route(false))
 });
@@ -361,6 +364,8 @@ pub fn check_headers(
             peer,
             client_host,
             upgrade: upgrade.clone(),
+            client_cert: None,
+            forward_chain: false,
         },
     );
     check_stripped(
@@ -604,7 +609,9 @@ pub fn pem(data: &[u8]) {
                 "a PEM holding a private key was taken as trust anchors"
             );
             assert_eq!(Some(&anchors), certs.as_ref().ok());
-            let _ = tls::client::config(&anchors);
+            if let Ok(verifier) = tls::client::verifier(&anchors, &CrlSet::default()) {
+                let _ = tls::client::config(verifier, None);
+            }
         }
         Err(PemError::HoldsPrivateKey { .. }) => assert!(holds_key),
         Err(_) => assert!(!holds_key, "a key block must be refused as such first"),
@@ -614,47 +621,49 @@ pub fn pem(data: &[u8]) {
             .key_provider
             .load_private_key(key.clone_key());
         if let Ok(certs) = certs {
-            let _ = tls::server::config(certs, key);
+            let _ = tls::server::config(certs, key, None);
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// CRL PEM: not loaded by trustgate yet. This placeholder parses CRLs the way a loader would
-// (PEM blocks, x509-parser for the report, webpki through the verifier for enforcement), so the
-// parsers are under fuzzing before the feature lands.
+// CRL files: trustgate's loader (PEM or DER, webpki's parser and x509-parser's), then the
+// verifier built with what it accepted, and the refusal explanation over a chain.
 
 /// One CA that every CRL input is attached to.
-static CRL_ROOTS: LazyLock<Arc<RootCertStore>> = LazyLock::new(|| {
-    let ca = Ca::root("fuzz CRL issuer", Validity::days(30)).expect("root CA");
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.cert().clone()).expect("valid anchor");
-    Arc::new(roots)
-});
+static CRL_ROOT: LazyLock<Ca> =
+    LazyLock::new(|| Ca::root("fuzz CRL issuer", Validity::days(30)).expect("root CA"));
 
-/// Input: a PEM file's bytes, read as `X509 CRL` blocks.
+/// Input: a CRL file's bytes.
 pub fn crl_pem(data: &[u8]) {
-    let Ok(crls) =
-        CertificateRevocationListDer::pem_slice_iter(data).collect::<Result<Vec<_>, _>>()
-    else {
-        return;
-    };
-    for crl in &crls {
-        if let Ok((_, parsed)) = x509_parser::parse_x509_crl(crl) {
-            let _ = parsed.issuer().to_string();
-            let _ = (
-                parsed.last_update(),
-                parsed.next_update(),
-                parsed.crl_number(),
-            );
-            for revoked in parsed.iter_revoked_certificates() {
-                let _ = (revoked.raw_serial(), revoked.reason_code());
-            }
+    let path = Path::new("fuzz.crl");
+    let crls = match revocation::parse(path, data) {
+        Ok(crls) => crls,
+        Err(e) => {
+            assert!(e.to_string().contains("fuzz.crl"), "unnamed file: {e}");
+            return;
         }
+    };
+    let set = CrlSet {
+        crls,
+        policy: revocation::Policy::default(),
+    };
+    for crl in &set.crls {
+        let _ = (crl.revoked_count(), crl.expired_at(0), &crl.issuer);
     }
-    if !crls.is_empty() {
-        let _ = WebPkiServerVerifier::builder_with_provider(CRL_ROOTS.clone(), tls::provider())
-            .with_crls(crls)
-            .build();
+    let anchor = CRL_ROOT.cert().clone();
+    if tls::client::verifier(std::slice::from_ref(&anchor), &set).is_ok() {
+        let chain = [&anchor];
+        for error in [
+            CertificateError::Revoked,
+            CertificateError::UnknownRevocationStatus,
+            CertificateError::ExpiredRevocationList,
+        ] {
+            let _ = set.explain(
+                &rustls::Error::InvalidCertificate(error),
+                &chain,
+                UnixTime::now(),
+            );
+        }
     }
 }

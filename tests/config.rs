@@ -510,7 +510,9 @@ async fn ca_array_trusts_every_root_and_only_those() {
         chain_pem: issued.cert_pem,
         key_pem: issued.key_pem,
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config.upstream_tls.client.clone()));
+    let client =
+        trustgate::tls::client::config(config.upstream_tls.verifier.clone(), None).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let handshake = |cert: ServerCert| {
         let connector = connector.clone();
         async move {

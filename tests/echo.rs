@@ -58,6 +58,7 @@ async fn a_renewed_pair_serves_new_handshakes_and_a_bad_pair_changes_nothing() {
         listener,
         cert.clone(),
         key.clone(),
+        None,
         async {
             let _ = stopped.await;
         },
@@ -128,7 +129,7 @@ async fn a_pair_that_does_not_load_at_start_is_an_error_naming_the_files() {
     write(&cert, &one.cert_pem);
     write(&key, &other.key_pem);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = trustgate::echo::serve_files(listener, cert.clone(), key.clone(), async {})
+    let err = trustgate::echo::serve_files(listener, cert.clone(), key.clone(), None, async {})
         .await
         .unwrap_err();
     let text = format!("{err:#}");

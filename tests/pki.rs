@@ -128,7 +128,8 @@ fn served(folder: &Path) -> ServerCert {
     let (cert, key) = (folder.join("server.crt"), folder.join("server.key"));
     let chain = trustgate::tls::load_certs(&cert).unwrap();
     let private = trustgate::tls::load_key(&key).unwrap();
-    trustgate::tls::server::config(chain.clone(), private).expect("key matches the certificate");
+    trustgate::tls::server::config(chain.clone(), private, None)
+        .expect("key matches the certificate");
     ServerCert {
         chain,
         chain_pem: read(&cert),

@@ -131,10 +131,18 @@ pub fn certificate(err: &CertificateError, side: Side) -> String {
         other => {
             let detail = format!("{other:?}");
             if detail.contains("CaUsedAsEndEntity") {
-                format!(
-                    "a CA certificate is presented as an end-entity certificate (a self-signed \
-                     certificate?), not one issued under {anchors}"
-                )
+                match side {
+                    Side::Upstream => {
+                        "the upstream presents a CA certificate as its own (a \
+                        self-signed certificate?), not a service certificate issued by the \
+                        internal CA"
+                    }
+                    Side::Client => {
+                        "the client presents a CA certificate as its own, not a \
+                        client certificate issued under [server.client_auth].ca"
+                    }
+                }
+                .into()
             } else if detail.contains("NameConstraintViolation") {
                 "certificate name is outside the names its CA may issue for (name constraints)"
                     .into()

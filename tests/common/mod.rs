@@ -77,7 +77,27 @@ impl ServerCert {
 
     /// A server config offering `alpn` (e.g. `[b"h2", b"http/1.1"]`).
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-        let base = trustgate::tls::server::config(self.chain.clone(), self.key()).expect("config");
+        self.server_config_with(alpn, None)
+    }
+
+    /// As [`ServerCert::server_config`], requiring a client certificate issued under `client_ca`.
+    pub fn mtls_config(&self, alpn: &[&[u8]], client_ca: &Ca) -> Arc<ServerConfig> {
+        let verifier = trustgate::tls::server::client_verifier(
+            &[client_ca.cert().clone()],
+            &trustgate::tls::revocation::CrlSet::default(),
+            true,
+        )
+        .expect("client verifier");
+        self.server_config_with(alpn, Some(verifier))
+    }
+
+    fn server_config_with(
+        &self,
+        alpn: &[&[u8]],
+        client_auth: Option<Arc<trustgate::tls::verify::ClientVerifier>>,
+    ) -> Arc<ServerConfig> {
+        let base = trustgate::tls::server::config(self.chain.clone(), self.key(), client_auth)
+            .expect("config");
         let mut config = (*base).clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
@@ -148,6 +168,32 @@ impl TestPki {
             &[name],
             Validity::relative(time::Duration::days(3), time::Duration::days(30)),
         )
+    }
+
+    /// A client certificate for `name` from `ca`, chain = leaf + `ca` (unless `ca` is the root).
+    pub fn client_cert_from(&self, ca: &Ca, name: &str) -> ServerCert {
+        let mut request = LeafRequest::server(name, 30);
+        request.usage = Usage::Client;
+        let issued = ca.issue(&request).unwrap();
+        if ca.cert() == self.root.cert() {
+            ServerCert::from_issued(issued, &[])
+        } else {
+            ServerCert::from_issued(issued, &[ca])
+        }
+    }
+
+    /// Client TLS config trusting the public CA and presenting `cert`, offering `alpn`.
+    pub fn client_tls_with_cert(&self, alpn: &[&[u8]], cert: &ServerCert) -> ClientConfig {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.public_ca.cert().clone()).unwrap();
+        let mut config = ClientConfig::builder_with_provider(trustgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(cert.chain.clone(), cert.key())
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
     }
 
     /// A leaf whose key usage is client authentication only.
@@ -254,6 +300,53 @@ impl ServerCert {
     }
 }
 
+/// A PEM CRL signed by `ca` revoking `revoked` (keyCompromise, an hour ago), current from a
+/// minute ago until `next_update` from now (negative: already expired).
+pub fn crl(ca: &Ca, revoked: &[&CertificateDer<'_>], next_update: time::Duration) -> String {
+    crl_signed_by(&rcgen_issuer(ca), revoked, next_update)
+}
+
+/// As [`crl`], signed by any issuer (a foreign key under a borrowed name, say).
+pub fn crl_signed_by(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    revoked: &[&CertificateDer<'_>],
+    next_update: time::Duration,
+) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let revoked_certs = revoked
+        .iter()
+        .map(|der| rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&serial_of(der)),
+            revocation_time: now - time::Duration::hours(1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        })
+        .collect();
+    let this_update =
+        (now + next_update - time::Duration::days(1)).min(now - time::Duration::minutes(1));
+    let params = rcgen::CertificateRevocationListParams {
+        this_update,
+        next_update: now + next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&[1]),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(issuer).unwrap().pem().unwrap()
+}
+
+/// A certificate's serial, as its DER integer bytes.
+pub fn serial_of(der: &CertificateDer<'_>) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+/// An issuer with `ca`'s name but a key of its own: what signs a forged CRL.
+pub fn impostor_of(ca: &Ca) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem(), key).unwrap()
+}
+
 /// A self-signed CA certificate (PEM) whose keyUsage has no keyCertSign: RFC 5280 forbids it to
 /// sign certificates, though webpki would take it as an anchor.
 pub fn root_without_key_cert_sign(common_name: &str) -> String {
@@ -332,6 +425,8 @@ pub struct Seen {
     pub body: Bytes,
     pub sni: Option<String>,
     pub peer: SocketAddr,
+    /// The subject of the client certificate the backend verified, if any.
+    pub client_cert: Option<String>,
 }
 
 type Handler = Arc<
@@ -354,6 +449,11 @@ pub struct Backend {
 impl Backend {
     /// Records every request and answers 200 with `backend:<name>` (and the request body).
     pub async fn recording(cert: &ServerCert, alpn: &[&[u8]], name: &str) -> Self {
+        Self::recording_with(cert.server_config(alpn), name).await
+    }
+
+    /// As [`Backend::recording`], serving with `tls` (mutual TLS, say).
+    pub async fn recording_with(tls: Arc<ServerConfig>, name: &str) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let name = name.to_owned();
@@ -375,13 +475,14 @@ impl Backend {
                     body: body.clone(),
                     sni: info.sni.clone(),
                     peer: info.peer,
+                    client_cert: info.client_cert.as_ref().map(|c| c.subject.clone()),
                 });
                 let mut text = format!("backend:{name}\n").into_bytes();
                 text.extend_from_slice(&body);
                 Response::new(full(text))
             })
         });
-        Self::start(cert.server_config(alpn), handler, seen).await
+        Self::start(tls, handler, seen).await
     }
 
     /// Serves with a custom handler; `seen` stays empty unless the handler fills it.
@@ -464,11 +565,7 @@ impl Proxy {
     /// Starts the proxy with `[server]`/`[upstream_tls]` from `pki` and `rest` (routes,
     /// timeouts) appended verbatim.
     pub async fn start(pki: &TestPki, rest: &str) -> Self {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
-             shutdown_grace = \"5s\"\n\n[upstream_tls]\nca = \"ca.pem\"\n\n{rest}"
-        );
-        Self::start_with(pki, &text).await
+        Self::start_with(pki, &config_text("", "", rest)).await
     }
 
     /// Starts the proxy with the whole config `text` (its `listen` is replaced by an ephemeral
@@ -508,6 +605,15 @@ impl Proxy {
             let _ = stop.send(());
         }
     }
+}
+
+/// A whole config: `[server]` (plus `server_extra`, which may open `[server.client_auth]`),
+/// `[upstream_tls]` trusting the test root (plus `upstream_extra`), then `rest` verbatim.
+pub fn config_text(server_extra: &str, upstream_extra: &str, rest: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\nkey = \"public/privkey.pem\"\n\
+         shutdown_grace = \"5s\"\n{server_extra}\n\n[upstream_tls]\nca = \"ca.pem\"\n{upstream_extra}\n\n{rest}"
+    )
 }
 
 /// A `[[route]]` from `prefix` to `https://<service>:<backend port>/`, dialling `backend`.
@@ -692,45 +798,46 @@ impl Logs {
 
 /// A backend that accepts a WebSocket upgrade and echoes every read with an `echo:` prefix.
 pub async fn websocket_backend(pki: &TestPki) -> Backend {
-    Backend::custom(
-        &pki.leaf(&["backend-ws"]),
-        &[b"h2", b"http/1.1"],
-        |mut req, _| async move {
-            let wants_ws = req
-                .headers()
-                .get("upgrade")
-                .is_some_and(|v| v == "websocket");
-            if !wants_ws {
-                return Response::builder()
-                    .status(StatusCode::BAD_REQUEST)
-                    .body(empty())
-                    .unwrap();
-            }
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upgrade"));
-                let mut buf = [0u8; 1024];
-                loop {
-                    let n = match io.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let mut reply = b"echo:".to_vec();
-                    reply.extend_from_slice(&buf[..n]);
-                    if io.write_all(&reply).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    websocket_backend_with(&pki.leaf(&["backend-ws"])).await
+}
+
+/// As [`websocket_backend`], presenting `cert`.
+pub async fn websocket_backend_with(cert: &ServerCert) -> Backend {
+    Backend::custom(cert, &[b"h2", b"http/1.1"], |mut req, _| async move {
+        let wants_ws = req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v == "websocket");
+        if !wants_ws {
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
                 .body(empty())
-                .unwrap()
-        },
-    )
+                .unwrap();
+        }
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upgrade"));
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                if io.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(empty())
+            .unwrap()
+    })
     .await
 }
 
