@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end test of the Docker deployment on a real engine, with no registry: a static binary,
 # an image FROM scratch, certificates from `trustgate pki`, and docker/compose.yml brought up
-# as shipped, then every certificate renewed with `trustgate pki renew` while a client keeps
-# requesting: new serials served, no request failed, no container restarted. Fails when Docker
-# is missing. Cleans up on success and on failure.
+# as shipped (mutual TLS to both backends, CRLs checked), then every certificate renewed with
+# `trustgate pki renew` while a client keeps requesting: new serials served, no request failed,
+# no container restarted; then a backend's certificate revoked and its CRL re-published: that
+# backend refused, the other still served. Fails when Docker is missing. Cleans up on success and
+# on failure.
 #
 #   docker/e2e.sh
 set -euo pipefail
@@ -28,6 +30,8 @@ project="trustgate-e2e-$$"
 image="trustgate:e2e-$$"
 compose() { "${compose_cmd[@]}" -p "$project" -f "$work/deploy/compose.yml" "$@"; }
 loop=""
+# A container started outside compose on the project's networks (removed before compose down).
+noclient=""
 cleanup() {
   local status=$?
   [ -n "$loop" ] && kill "$loop" 2>/dev/null || true
@@ -35,6 +39,7 @@ cleanup() {
     echo "--- proxy logs ---" >&2
     compose logs --no-color proxy 2>&1 | tail -40 >&2 || true
   fi
+  [ -n "$noclient" ] && docker rm -f "$noclient" >/dev/null 2>&1 || true
   [ -f "$work/deploy/compose.yml" ] && compose down -v --remove-orphans >/dev/null 2>&1 || true
   docker image rm -f "$image" >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -71,34 +76,43 @@ bash docker/gen-certs.sh --ca-dir "$work/ca" --deploy "$work/deploy" --bin "$bin
 
 say "compose up"
 # A port nothing listens on (bash's /dev/tcp connect fails), tried a bounded number of times.
-port=""
-for _ in $(seq 1 50); do
-  candidate=$((20000 + RANDOM % 40000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then port=$candidate; break; fi
-done
-[ -n "$port" ] || fail "no free port found"
+free_port() {
+  local candidate
+  for _ in $(seq 1 50); do
+    candidate=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+port=$(free_port) || fail "no free port found"
 export TRUSTGATE_IMAGE="$image" TRUSTGATE_PORT="$port"
 compose up -d >/dev/null 2>"$work/up.err" || { cat "$work/up.err" >&2; fail "compose up"; }
 
 cacert="$work/deploy/certs/public-ca.pem"
-# Polls `curl` until it prints the wanted status, for at most $2 seconds.
+# Polls `curl` until it prints the wanted status, for at most $2 seconds; $4: another proxy port.
 wait_status() {
-  local want=$1 seconds=$2 path=$3 got=""
+  local want=$1 seconds=$2 path=$3 to=${4:-$port} got=""
   for _ in $(seq 1 $((seconds * 4))); do
-    got=$(curl -s -o "$work/body" -w '%{http_code}' --cacert "$cacert" "https://localhost:$port$path" || true)
+    got=$(curl -s -o "$work/body" -w '%{http_code}' --max-time 5 --cacert "$cacert" "https://localhost:$to$path" || true)
     [ "$got" = "$want" ] && return 0
     sleep 0.25
   done
-  fail "https://localhost:$port$path answered ${got:-nothing}, wanted $want"
+  fail "https://localhost:$to$path answered ${got:-nothing}, wanted $want"
 }
+# The line the echo writes for the client certificate it verified: the proxy's identity.
+mtls_line="tls client certificate: CN=trustgate-proxy"
 
-say "a request through the proxy reaches backend-api over verified TLS"
+say "a request through the proxy reaches backend-api over verified mutual TLS"
 wait_status 200 60 "/api/hello?from=e2e"
 grep -q "tls sni: backend-api" "$work/body" || fail "backend did not see SNI backend-api: $(cat "$work/body")"
 grep -q "^GET /hello?from=e2e HTTP" "$work/body" || fail "backend saw another path: $(cat "$work/body")"
 grep -qi "^x-forwarded-proto: https" "$work/body" || fail "no X-Forwarded-Proto"
+grep -qxF "$mtls_line" "$work/body" || fail "backend-api did not see the proxy's client certificate: $(cat "$work/body")"
+grep -xF "$mtls_line" "$work/body" | sed 's/^/backend-api: /'
 wait_status 200 10 "/reports/q1"
 grep -q "tls sni: backend-reports" "$work/body" || fail "reports backend did not see its SNI"
+grep -qxF "$mtls_line" "$work/body" || fail "backend-reports did not see the proxy's client certificate: $(cat "$work/body")"
+grep -xF "$mtls_line" "$work/body" | sed 's/^/backend-reports: /'
 wait_status 404 5 "/nothing-here"
 
 say "only the proxy publishes a port"
@@ -109,6 +123,40 @@ done
 [ -n "$(docker port "$(compose ps -q proxy)")" ] || fail "the proxy publishes nothing"
 internal=$(docker network inspect "${project}_internal_net" --format '{{.Internal}}')
 [ "$internal" = "true" ] || fail "internal_net is not internal"
+
+say "the backends refuse a client without a client certificate"
+# Nothing but the proxy reaches internal_net, and the image FROM scratch has no client to exec:
+# the client here is a second proxy from the same image, config and certificates minus
+# client_cert/client_key, attached to both networks with a port of its own.
+certs="$work/deploy/certs"
+mkdir -p "$work/noclient/certs/public" "$work/noclient/certs/internal"
+grep -v '^client_\(cert\|key\) = ' "$work/deploy/trustgate.toml" > "$work/noclient/trustgate.toml"
+grep -q '^client_' "$work/noclient/trustgate.toml" && fail "the client certificate is still in the no-client config"
+grep -q '^client_cert = ' "$work/deploy/trustgate.toml" || fail "the shipped config has no client_cert"
+port2=$(free_port) || fail "no free port found"
+noclient="$project-noclient"
+docker create --name "$noclient" --read-only --cap-drop ALL --security-opt no-new-privileges:true \
+  --network "${project}_public" -p "127.0.0.1:$port2:8443" \
+  -v "$work/noclient:/etc/trustgate:ro" \
+  -v "$certs/public:/etc/trustgate/certs/public:ro" \
+  -v "$certs/internal:/etc/trustgate/certs/internal:ro" \
+  "$image" run -c /etc/trustgate/trustgate.toml >/dev/null || fail "docker create (proxy without client certificate)"
+docker network connect "${project}_internal_net" "$noclient" || fail "docker network connect"
+docker start "$noclient" >/dev/null || fail "docker start (proxy without client certificate)"
+demanded="the upstream demanded a client certificate"
+for path in /api/no-client-cert /reports/no-client-cert; do
+  wait_status 502 30 "$path" "$port2"
+  grep -qx "502 Bad Gateway" "$work/body" || fail "the client got internal detail: $(cat "$work/body")"
+done
+for _ in $(seq 1 20); do
+  [ "$(docker logs "$noclient" 2>&1 | grep -cF "$demanded")" -ge 2 ] && break
+  sleep 0.25
+done
+[ "$(docker logs "$noclient" 2>&1 | grep -cF "$demanded")" -ge 2 ] ||
+  { docker logs "$noclient" 2>&1 | tail -20 >&2; fail "no two log lines with: $demanded"; }
+docker logs "$noclient" 2>&1 | grep -F "$demanded" | tail -1
+docker rm -f "$noclient" >/dev/null
+noclient=""
 
 say "the proxy image holds no private key"
 docker export "$(compose ps -q proxy)" > "$work/proxy.tar"
@@ -150,13 +198,17 @@ echo_serial() {
   curl -s --max-time 5 --cacert "$cacert" "https://localhost:$port$1" |
     sed -n 's/^tls certificate serial: //p' | norm
 }
+# The client certificate the echo behind $1 verified.
+echo_client() {
+  curl -s --max-time 5 --cacert "$cacert" "https://localhost:$port$1" | sed -n 's/^tls client certificate: //p'
+}
 containers() {
   for id in $(compose ps -q); do docker inspect --format '{{.Name}} restarts={{.RestartCount}} started={{.State.StartedAt}}' "$id"; done | sort
 }
-certs="$work/deploy/certs"
 old_public=$(file_serial "$certs/public/server.crt")
 old_api=$(file_serial "$certs/backend-api/server.crt")
 old_reports=$(file_serial "$certs/backend-reports/server.crt")
+old_client=$(file_serial "$certs/proxy-client/client.crt")
 [ "$(public_serial)" = "$old_public" ] || fail "the proxy does not serve certs/public/server.crt"
 [ "$(echo_serial /api/serial)" = "$old_api" ] || fail "backend-api does not name its certificate"
 [ "$(echo_serial /reports/serial)" = "$old_reports" ] || fail "backend-reports does not name its certificate"
@@ -178,15 +230,17 @@ loop=$!
 sleep 2
 
 pki_host() { "$bin" pki --proxy-config "$work/deploy/trustgate.toml" "$@"; }
-# Every leaf: the window is longer than any certificate's remaining life.
+# Every leaf, the proxy's client certificate included: the window is longer than any
+# certificate's remaining life.
 pki_host renew --ca "$work/ca/intermediate" --certs "$certs" --within 3650d | grep '^renewed' || fail "pki renew"
 pki_host renew --ca "$work/ca/public-ca" --certs "$certs/public" --within 3650d | grep '^renewed' || fail "pki renew"
 # Nothing else: renew keeps each replaced file's owner, so the containers (uid 65532) read the new keys.
 new_public=$(file_serial "$certs/public/server.crt")
 new_api=$(file_serial "$certs/backend-api/server.crt")
 new_reports=$(file_serial "$certs/backend-reports/server.crt")
-[ "$new_public" != "$old_public" ] && [ "$new_api" != "$old_api" ] && [ "$new_reports" != "$old_reports" ] ||
-  fail "pki renew did not renew every leaf"
+new_client=$(file_serial "$certs/proxy-client/client.crt")
+[ "$new_public" != "$old_public" ] && [ "$new_api" != "$old_api" ] && [ "$new_reports" != "$old_reports" ] &&
+  [ "$new_client" != "$old_client" ] || fail "pki renew did not renew every leaf"
 
 # Polls until `$1` prints `$2`, for at most 20 s.
 wait_for() {
@@ -219,6 +273,11 @@ sleep 62
 [ "$(echo_serial /reports/serial)" = "$new_reports" ] || fail "backend-reports does not present its new certificate"
 echo "backend-api certificate: serial $old_api -> $new_api (new upstream connection, verified by the proxy)"
 echo "backend-reports certificate: serial $old_reports -> $new_reports (new upstream connection, verified by the proxy)"
+# Those new connections presented the renewed client certificate (new key), and both backends took it.
+for path in /api/client /reports/client; do
+  [ "$(echo_client "$path")" = "CN=trustgate-proxy" ] || fail "$path: the backend no longer sees the proxy's client certificate"
+done
+echo "proxy client certificate: serial $old_client -> $new_client (accepted by both backends)"
 containers > "$work/containers.after"
 diff "$work/containers.before" "$work/containers.after" >&2 || fail "a container restarted during the renewal"
 sed 's/^/unchanged: /' "$work/containers.after"
@@ -226,6 +285,41 @@ compose logs --no-color proxy 2>&1 | grep -F "reload applied" | tail -1
 for service in backend-api backend-reports; do
   compose logs --no-color "$service" 2>&1 | grep -F "echo certificate reloaded" | tail -1
 done
+
+say "revocation: backend-reports' certificate revoked and the intermediate's CRL re-published, no restart"
+# Leaves the proxy a pooled (keep-alive) connection to each backend, opened before the CRL.
+wait_status 200 5 "/reports/before-revocation"
+wait_status 200 5 "/api/before-revocation"
+pki_host revoke --ca "$work/ca/intermediate" --name backend-reports --reason key-compromise | grep '^revoked' ||
+  fail "pki revoke"
+# Into the folder the proxy mounts; written atomically, so the proxy's file watch reloads it.
+pki_host crl --ca "$work/ca/intermediate" --out "$certs/internal/intermediate.crl.pem" || fail "pki crl"
+# The proxy's pooled connection to backend-reports predates the CRL: it must not serve this.
+wait_status 502 30 "/reports/after-revocation"
+grep -qx "502 Bad Gateway" "$work/body" || fail "the client got internal detail: $(cat "$work/body")"
+revoked_line=""
+for _ in $(seq 1 40); do
+  revoked_line=$(compose logs --no-color proxy 2>&1 | grep -F "certificate revoked (serial 0x" | tail -1)
+  [ -n "$revoked_line" ] && break
+  sleep 0.25
+done
+[ -n "$revoked_line" ] || fail "no proxy log line with: certificate revoked (serial"
+echo "$revoked_line"
+revoked_serial=$(printf '%s\n' "$revoked_line" | sed 's/.*certificate revoked (serial 0x\([0-9a-fA-F]*\).*/\1/' | norm)
+[ "$revoked_serial" = "$new_reports" ] ||
+  fail "the proxy names serial ${revoked_serial:-none} revoked, backend-reports serves $new_reports"
+compose logs --no-color proxy 2>&1 | grep -F "reload applied" | grep -F "CRLs now" | tail -1 ||
+  fail "no reload line naming the new CRL"
+# The connection opened before the CRL is closed at the reload, not left to serve; backend-api's stays.
+closed="closed an upstream connection: its certificate no longer verifies"
+compose logs --no-color proxy 2>&1 | grep -F "$closed" > "$work/closed.log" || true
+grep -F "backend-reports:8443" "$work/closed.log" | grep -qF "certificate revoked (serial 0x" ||
+  fail "no log line saying the pooled connection to backend-reports was closed: $closed"
+grep -F "backend-reports:8443" "$work/closed.log" | tail -1
+grep -F "backend-api:8443" "$work/closed.log" >&2 && fail "a connection to backend-api was closed at the CRL reload"
+wait_status 200 10 "/api/after-revocation"
+grep -qxF "$mtls_line" "$work/body" || fail "backend-api lost mutual TLS after the CRL reload"
+containers | diff "$work/containers.after" - >&2 || fail "a container restarted during the revocation"
 
 say "a backend with a certificate for the wrong name gets 502 and a log line saying why"
 "$bin" pki --proxy-config "$work/deploy/trustgate.toml" issue --ca "$work/ca/intermediate" \
@@ -235,7 +329,10 @@ compose restart backend-reports >/dev/null 2>&1
 wait_status 502 60 "/reports/q2"
 grep -qx "502 Bad Gateway" "$work/body" || fail "the client got internal detail: $(cat "$work/body")"
 reason='certificate not valid for name "backend-reports"; it is valid for "backend-api"'
+# /reports was already refused (revoked): a request per try, so a handshake with the new
+# certificate gets logged once the restarted echo listens.
 for _ in $(seq 1 40); do
+  curl -s -o /dev/null --max-time 5 --cacert "$cacert" "https://localhost:$port/reports/q3" || true
   compose logs --no-color proxy 2>&1 | grep -qF "$reason" && break
   sleep 0.25
 done
