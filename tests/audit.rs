@@ -75,11 +75,18 @@ impl Setup {
 
     /// Rewrites the config with `routes` (once the backends, which need this PKI, are up).
     fn routes(&self, routes: &str) {
+        self.tables("", "", routes);
+    }
+
+    /// Rewrites the config with `server` after the `[server]` keys (a `[server.client_auth]`
+    /// table), `upstream` lines in `[upstream_tls]` after `ca`, and `routes`.
+    fn tables(&self, server: &str, upstream: &str, routes: &str) {
         write(
             &self.config,
             &format!(
                 "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\n\
-                 key = \"public/privkey.pem\"\n\n[upstream_tls]\nca = {}\n\n{routes}",
+                 key = \"public/privkey.pem\"\n{server}\n[upstream_tls]\nca = {}\n{upstream}\n\
+                 {routes}",
                 self.ca
             ),
         );
@@ -821,7 +828,7 @@ async fn upstream_presenting_a_ca_certificate_is_flagged() {
             .find(|f| f.what.contains("backend-api"))
             .unwrap()
             .what,
-        "the upstream presents a CA certificate as its own",
+        "a CA certificate is presented as an end-entity certificate",
     );
     let about_ok: Vec<_> = report
         .findings
@@ -1412,4 +1419,456 @@ async fn an_unreadable_system_store_is_reported_not_ignored() {
     let report = trustgate::audit::run(&options).await;
     assert_eq!(ids(&report), ["system-store-unreadable"], "{report}");
     assert!(report.passed(), "a medium finding does not fail the audit");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Revocation (crl-expired, crl-expiring, crl-missing), client trust (client-ca-looks-public) and
+// the proxy's client certificate (upstream-client-cert-expiring)
+
+/// A PEM CRL signed by `ca`, revoking nothing, whose nextUpdate is `next` from now (negative:
+/// already passed). rcgen through the crate's own CA, as `trustgate pki crl` signs them.
+fn crl(ca: &Ca, next: time::Duration) -> String {
+    let key = rcgen::KeyPair::from_pem(&ca.key_pem()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem(), key).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now.min(now + next) - time::Duration::days(1),
+        next_update: now + next,
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&issuer).unwrap().pem().unwrap()
+}
+
+const WEEK: time::Duration = time::Duration::days(7);
+
+/// `[upstream_tls]` lines naming the root's and the intermediate's CRLs, both written valid for
+/// a week, plus `extra` lines.
+fn upstream_crls(setup: &Setup, extra: &str) -> String {
+    write(&setup.pki.path("crl/root.crl"), &crl(&setup.pki.root, WEEK));
+    write(
+        &setup.pki.path("crl/intermediate.crl"),
+        &crl(&setup.pki.intermediate, WEEK),
+    );
+    format!("crl = [\"crl/root.crl\", \"crl/intermediate.crl\"]\n{extra}")
+}
+
+/// A client CA (its certificate in `clients/ca.pem`, its CRL valid for a week in
+/// `clients/ca.crl`) and the `[server.client_auth]` table naming both, plus `extra` lines.
+fn client_auth(setup: &Setup, extra: &str) -> (Ca, String) {
+    let ca = Ca::root("Test Client Root", Validity::days(30)).unwrap();
+    write(&setup.pki.path("clients/ca.pem"), &ca.cert_pem());
+    write(&setup.pki.path("clients/ca.crl"), &crl(&ca, WEEK));
+    let table = format!(
+        "\n[server.client_auth]\nca = \"clients/ca.pem\"\ncrl = \"clients/ca.crl\"\n\
+         mode = \"optional\"\n{extra}"
+    );
+    (ca, table)
+}
+
+#[tokio::test]
+async fn crl_reaching_its_next_update_within_48_hours_is_medium_on_both_sides() {
+    let setup = Setup::new("");
+    let upstream = upstream_crls(&setup, "");
+    let (client_ca, server) = client_auth(&setup, "");
+    setup.tables(&server, &upstream, API_ROUTE);
+    // The control: every CA in use publishes a CRL good for a week.
+    let config = Config::load(&setup.config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.upstream_tls.crls.crls.len(), 2);
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_clean(&setup.audit().await);
+
+    let intermediate_crl = setup.pki.path("crl/intermediate.crl");
+    write(
+        &intermediate_crl,
+        &crl(&setup.pki.intermediate, time::Duration::hours(20)),
+    );
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["crl-expiring"], "{report}");
+    let finding = only(&report, "crl-expiring", Severity::Medium);
+    assert_eq!(
+        finding.what,
+        "the upstream CRL from \"CN=Test Internal Intermediate\" reaches its nextUpdate in 20 \
+         hours; after that every certificate it covers is refused (crl_expired = \"deny\")"
+    );
+    assert_eq!(finding.location, display(&intermediate_crl));
+    assert_contains(&finding.fix, "trustgate pki crl --ca CADIR --out");
+    assert_contains(&finding.fix, "cron");
+    assert!(report.passed(), "medium does not fail the audit");
+
+    // 49 hours is outside the window; on the client side 10 hours is inside it.
+    write(
+        &intermediate_crl,
+        &crl(&setup.pki.intermediate, time::Duration::hours(49)),
+    );
+    let client_crl = setup.pki.path("clients/ca.crl");
+    write(&client_crl, &crl(&client_ca, time::Duration::hours(10)));
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["crl-expiring"], "{report}");
+    let finding = only(&report, "crl-expiring", Severity::Medium);
+    assert_contains(
+        &finding.what,
+        "the client CRL from \"CN=Test Client Root\" reaches its nextUpdate in 10 hours",
+    );
+    assert_eq!(finding.location, display(&client_crl));
+}
+
+#[tokio::test]
+async fn expired_crl_is_high_whether_allowed_and_used_or_denied_and_the_config_refused() {
+    let setup = Setup::new("");
+    let upstream = upstream_crls(&setup, "crl_expired = \"allow\"\n");
+    let (client_ca, server) = client_auth(&setup, "");
+    setup.tables(&server, &upstream, API_ROUTE);
+    assert_clean(&setup.audit().await);
+
+    // Under "allow" the config loads with a warning and the stale CRL stays in use.
+    let intermediate_crl = setup.pki.path("crl/intermediate.crl");
+    write(
+        &intermediate_crl,
+        &crl(&setup.pki.intermediate, time::Duration::hours(-3)),
+    );
+    let config = Config::load(&setup.config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["crl-expired"], "{report}");
+    let finding = only(&report, "crl-expired", Severity::High);
+    assert_eq!(
+        finding.what,
+        "the upstream CRL from \"CN=Test Internal Intermediate\" passed its nextUpdate 3 hours \
+         ago and is still used (crl_expired = \"allow\"): revocations published since are not seen"
+    );
+    assert_eq!(finding.location, display(&intermediate_crl));
+    assert!(!report.passed());
+
+    // Under "deny" (the default) the config refuses it; the audit still names the file.
+    setup.tables(&server, &upstream_crls(&setup, ""), API_ROUTE);
+    write(
+        &intermediate_crl,
+        &crl(&setup.pki.intermediate, time::Duration::hours(-3)),
+    );
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["config-invalid", "crl-expired"], "{report}");
+    let finding = only(&report, "crl-expired", Severity::High);
+    assert_eq!(
+        finding.what,
+        "the upstream CRL from \"CN=Test Internal Intermediate\" passed its nextUpdate 3 hours \
+         ago: with crl_expired = \"deny\" every certificate it covers is refused, so the config \
+         does not load"
+    );
+    assert_eq!(finding.location, display(&intermediate_crl));
+
+    // The client side, refused the same way.
+    write(
+        &intermediate_crl,
+        &crl(&setup.pki.intermediate, time::Duration::days(7)),
+    );
+    let client_crl = setup.pki.path("clients/ca.crl");
+    write(&client_crl, &crl(&client_ca, time::Duration::days(-2)));
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["config-invalid", "crl-expired"], "{report}");
+    let finding = only(&report, "crl-expired", Severity::High);
+    assert_contains(
+        &finding.what,
+        "the client CRL from \"CN=Test Client Root\" passed its nextUpdate 2 days ago",
+    );
+    assert_eq!(finding.location, display(&client_crl));
+}
+
+#[tokio::test]
+async fn anchor_without_a_crl_under_chain_is_missing_high_on_deny_medium_on_allow() {
+    let setup = Setup::new("");
+    write(
+        &setup.pki.path("crl/intermediate.crl"),
+        &crl(&setup.pki.intermediate, WEEK),
+    );
+    // Only the intermediate's CRL: the root, the anchor, issues the intermediate unchecked.
+    let only_intermediate = "crl = \"crl/intermediate.crl\"\n";
+    setup.tables("", only_intermediate, API_ROUTE);
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["crl-missing"], "{report}");
+    let finding = only(&report, "crl-missing", Severity::High);
+    assert_eq!(
+        finding.what,
+        "revocation = \"chain\" checks every certificate the upstream anchor \"CN=Test Internal \
+         Root\" issues (a root issues the intermediates), but [upstream_tls] crl holds no CRL \
+         from it: unknown_status = \"deny\" refuses every one of those certificates"
+    );
+    assert_eq!(finding.location, display(&setup.pki.path("ca.pem")));
+    assert_contains(&finding.fix, "trustgate pki crl --root ROOTDIR --out FILE");
+    assert!(!report.passed());
+
+    setup.tables(
+        "",
+        &format!("{only_intermediate}unknown_status = \"allow\"\n"),
+        API_ROUTE,
+    );
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["crl-missing"], "{report}");
+    assert_contains(
+        &only(&report, "crl-missing", Severity::Medium).what,
+        "unknown_status = \"allow\" lets those certificates pass unchecked",
+    );
+
+    // "leaf" checks only leaves, which the intermediate issues; and with the root's CRL too,
+    // "chain" is covered.
+    setup.tables(
+        "",
+        &format!("{only_intermediate}revocation = \"leaf\"\n"),
+        API_ROUTE,
+    );
+    assert_clean(&setup.audit().await);
+    setup.tables("", &upstream_crls(&setup, ""), API_ROUTE);
+    assert_clean(&setup.audit().await);
+}
+
+#[tokio::test]
+async fn client_anchor_without_its_own_crl_is_missing() {
+    let setup = Setup::new(API_ROUTE);
+    let (_client_ca, covered) = client_auth(&setup, "");
+    setup.tables(&covered, "", API_ROUTE);
+    assert_clean(&setup.audit().await);
+
+    // A CRL, but from another CA (the upstream root's): the client root publishes none here.
+    write(&setup.pki.path("crl/root.crl"), &crl(&setup.pki.root, WEEK));
+    let other = covered.replace("crl = \"clients/ca.crl\"", "crl = \"crl/root.crl\"");
+    setup.tables(&other, "", API_ROUTE);
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["crl-missing"], "{report}");
+    let finding = only(&report, "crl-missing", Severity::High);
+    assert_contains(
+        &finding.what,
+        "the client anchor \"CN=Test Client Root\" issues (a root issues the intermediates), but \
+         [server.client_auth] crl holds no CRL from it",
+    );
+    assert_eq!(finding.location, display(&setup.pki.path("clients/ca.pem")));
+
+    // No CRL at all is no revocation checking: a choice, not a gap.
+    let none = covered.replace("crl = \"clients/ca.crl\"\n", "");
+    setup.tables(&none, "", API_ROUTE);
+    assert_clean(&setup.audit().await);
+}
+
+#[tokio::test]
+async fn probe_finds_the_presented_intermediate_without_a_crl_not_a_foreign_one() {
+    let setup = Setup::new(API_ROUTE);
+    let pki = &setup.pki;
+    let api = serve(&pki.leaf(&["backend-api"]), "api").await;
+    let foreign = serve(&pki.foreign("backend-foreign"), "foreign").await;
+    let routes = route_blocks(&[
+        ("/api", "backend-api", &api),
+        ("/foreign", "backend-foreign", &foreign),
+    ]);
+    write(&pki.path("crl/root.crl"), &crl(&pki.root, WEEK));
+    let only_root = "crl = \"crl/root.crl\"\nunknown_status = \"allow\"\n";
+    setup.tables("", only_root, &routes);
+    // Without --probe the audit cannot know of the intermediate: the anchor has its CRL.
+    assert_clean(&setup.audit().await);
+
+    let report = setup.probe().await;
+    assert_eq!(
+        ids(&report),
+        [
+            "crl-missing",
+            "upstream-chain",
+            "upstream-chain",
+            "upstream-refused"
+        ],
+        "{report}"
+    );
+    let finding = only(&report, "crl-missing", Severity::Medium);
+    assert_eq!(
+        finding.what,
+        "revocation = \"chain\" checks every certificate the intermediate \"CN=Test Internal \
+         Intermediate\" issues (the upstream presents it), but [upstream_tls] crl holds no CRL \
+         from it: unknown_status = \"allow\" lets those certificates pass unchecked, so revoking \
+         one has no effect"
+    );
+    assert_eq!(finding.location, "route /api -> https://backend-api:8443/");
+    assert_contains(&finding.fix, "trustgate pki crl --ca CADIR --out FILE");
+    // The foreign upstream is refused for its issuer; its intermediate is not the proxy's.
+    assert_contains(
+        &only(&report, "upstream-refused", Severity::High).what,
+        "backend-foreign",
+    );
+
+    // Under "deny" the same gap refuses the upstream, and the finding is high.
+    setup.tables("", "crl = \"crl/root.crl\"\n", &routes);
+    let report = setup.probe().await;
+    assert_eq!(
+        only(&report, "crl-missing", Severity::High).location,
+        finding.location
+    );
+    assert!(
+        with_id(&report, "upstream-refused")
+            .iter()
+            .any(|f| f.what.starts_with("the proxy refuses backend-api: ")),
+        "{report}"
+    );
+
+    // With the intermediate's CRL as well, nothing is missing.
+    setup.tables("", &upstream_crls(&setup, ""), &routes);
+    let report = setup.probe().await;
+    assert!(with_id(&report, "crl-missing").is_empty(), "{report}");
+    assert!(
+        with_id(&report, "upstream-refused")
+            .iter()
+            .all(|f| !f.what.contains("backend-api")),
+        "{report}"
+    );
+    api.join().await;
+    foreign.join().await;
+}
+
+#[tokio::test]
+async fn client_ca_bundle_of_eleven_or_holding_a_system_root_looks_public() {
+    let setup = Setup::new(API_ROUTE);
+    let bundle = setup.pki.path("clients/bundle.pem");
+    let server = "\n[server.client_auth]\nca = \"clients/bundle.pem\"\n";
+    setup.tables(server, "", API_ROUTE);
+
+    write(&bundle, &roots(11));
+    let report = setup.audit().await;
+    // The loader refuses it by the same rule, so the audit reads the bundle from the TOML.
+    assert_eq!(
+        ids(&report),
+        ["client-ca-looks-public", "config-invalid"],
+        "{report}"
+    );
+    assert_contains(
+        &only(&report, "config-invalid", Severity::Critical).what,
+        &format!(
+            "server.client_auth.ca: {} holds 11 CA certificates",
+            display(&bundle)
+        ),
+    );
+    let finding = only(&report, "client-ca-looks-public", Severity::High);
+    assert_contains(
+        &finding.what,
+        "the client certificate trust bundle holds 11 CA certificates",
+    );
+    assert_eq!(finding.location, display(&bundle));
+    assert_contains(&finding.fix, "[server.client_auth].ca");
+
+    write(&bundle, &roots(10));
+    assert_clean(&setup.audit().await);
+
+    // One client root that is also in the system store; the upstream anchor is not.
+    write(&bundle, &roots(2));
+    let client_roots = std::fs::read_to_string(&bundle).unwrap();
+    let second = &client_roots[client_roots.find("-----END").unwrap()..];
+    let second = &second[second.find("-----BEGIN").unwrap()..];
+    write(&setup.system_store(), second);
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["client-ca-looks-public"], "{report}");
+    assert_eq!(
+        only(&report, "client-ca-looks-public", Severity::High).what,
+        "client trust anchor \"CN=Bundle Root 1\" is also in the system trust store: anyone who \
+         gets a certificate from that public CA passes client authentication"
+    );
+}
+
+/// The proxy's client certificate for `name` from the internal intermediate, valid for
+/// `validity`, written as `<stem>.crt` (leaf + intermediate) and `<stem>.key`.
+fn client_cert(setup: &Setup, stem: &str, name: &str, validity: Validity) -> PathBuf {
+    let request = LeafRequest {
+        names: vec![name.into()],
+        validity,
+        usage: Usage::Client,
+    };
+    let issued = setup.pki.intermediate.issue(&request).unwrap();
+    let cert = setup.pki.path(&format!("{stem}.crt"));
+    write(
+        &cert,
+        &format!("{}{}", issued.cert_pem, setup.pki.intermediate.cert_pem()),
+    );
+    write(&setup.pki.path(&format!("{stem}.key")), &issued.key_pem);
+    cert
+}
+
+#[tokio::test]
+async fn proxy_client_certificate_expiring_is_medium_expired_is_high_per_route_too() {
+    let setup = Setup::new(API_ROUTE);
+    let global = "client_cert = \"proxy/client.crt\"\nclient_key = \"proxy/client.key\"\n";
+    let reports = "[[route]]\nprefix = \"/reports\"\nupstream = \"https://backend-reports:8443/\"\n\
+         upstream_client_cert = \"proxy/reports.crt\"\nupstream_client_key = \"proxy/reports.key\"\n";
+    let routes = format!("{API_ROUTE}\n{reports}");
+    client_cert(
+        &setup,
+        "proxy/client",
+        "trustgate-proxy",
+        Validity::days(20),
+    );
+    let reports_cert = client_cert(
+        &setup,
+        "proxy/reports",
+        "trustgate-reports",
+        Validity::days(20),
+    );
+    setup.tables("", global, &routes);
+    assert_clean(&setup.audit().await);
+
+    // Within --warn-days (7): the global identity...
+    let cert = client_cert(&setup, "proxy/client", "trustgate-proxy", Validity::days(5));
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["upstream-client-cert-expiring"], "{report}");
+    let finding = only(&report, "upstream-client-cert-expiring", Severity::Medium);
+    assert_eq!(
+        finding.what,
+        "the proxy's client certificate \"CN=trustgate-proxy\" expires in 5 days: backends that \
+         require a client certificate refuse the proxy once it has expired"
+    );
+    assert_eq!(finding.location, display(&cert));
+    assert_contains(&finding.fix, "trustgate pki renew --ca CADIR --certs");
+    assert!(report.passed());
+
+    // ...and a route's own, reported once, naming the route.
+    client_cert(
+        &setup,
+        "proxy/client",
+        "trustgate-proxy",
+        Validity::days(20),
+    );
+    client_cert(
+        &setup,
+        "proxy/reports",
+        "trustgate-reports",
+        Validity::days(3),
+    );
+    let report = setup.audit().await;
+    assert_eq!(ids(&report), ["upstream-client-cert-expiring"], "{report}");
+    let finding = only(&report, "upstream-client-cert-expiring", Severity::Medium);
+    assert_contains(
+        &finding.what,
+        "the client certificate of route /reports \"CN=trustgate-reports\" expires in 3 days",
+    );
+    assert_eq!(finding.location, display(&reports_cert));
+
+    // Expired: the loader refuses it, the audit reads it from the TOML and says high.
+    client_cert(
+        &setup,
+        "proxy/client",
+        "trustgate-proxy",
+        Validity::relative(time::Duration::days(-30), time::Duration::days(-2)),
+    );
+    client_cert(
+        &setup,
+        "proxy/reports",
+        "trustgate-reports",
+        Validity::days(20),
+    );
+    let report = setup.audit().await;
+    assert_eq!(
+        ids(&report),
+        ["config-invalid", "upstream-client-cert-expiring"],
+        "{report}"
+    );
+    let finding = only(&report, "upstream-client-cert-expiring", Severity::High);
+    assert_contains(
+        &finding.what,
+        "the proxy's client certificate \"CN=trustgate-proxy\" expired 2 days ago",
+    );
+    assert_eq!(finding.location, display(&cert));
+    assert!(!report.passed());
 }

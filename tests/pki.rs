@@ -246,6 +246,129 @@ async fn issued_files_serve_through_the_proxy_and_revocation_reaches_the_crl() {
     assert_eq!(mode(&d.join("ca.crl")), 0o644);
 }
 
+/// `[server]` on `pki`'s public certificate and `[upstream_tls] ca = "ca.pem"`, then `upstream`
+/// lines (`crl = ...`) and one route: the config `trustgate check` would load.
+fn crl_config(pki: &TestPki, upstream: &str) -> PathBuf {
+    let path = pki.path("crl-check.toml");
+    write(
+        &path,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"public/fullchain.pem\"\n\
+             key = \"public/privkey.pem\"\n\n[upstream_tls]\nca = \"ca.pem\"\n{upstream}\n\
+             [[route]]\nprefix = \"/\"\nupstream = \"https://backend-api:8443/\"\n"
+        ),
+    );
+    path
+}
+
+#[tokio::test]
+async fn crl_output_is_crl_input_as_is_and_a_short_one_is_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    init_ca(d, &[]);
+    let revoked = issue_backend_api(d);
+    let kept_args = [
+        "issue",
+        "--ca",
+        "ca",
+        "--name",
+        "backend-web",
+        "--out",
+        "certs/backend-web",
+    ];
+    let kept = printed_serial(&pki_ok(d, &kept_args));
+    assert_ne!(kept, revoked);
+    pki_ok(
+        d,
+        &[
+            "revoke",
+            "--ca",
+            "ca",
+            "--name",
+            "backend-api",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    // `pki crl` does not create the folder it writes into.
+    std::fs::create_dir_all(d.join("crl")).unwrap();
+    pki_ok(d, &["crl", "--ca", "ca", "--out", "crl/intermediate.crl"]);
+    pki_ok(
+        d,
+        &["crl", "--root", "offline/root", "--out", "crl/root.crl"],
+    );
+    let (intermediate_crl, root_crl) = (d.join("crl/intermediate.crl"), d.join("crl/root.crl"));
+
+    // The loader's own CRL reader takes the files as written.
+    let loaded = trustgate::tls::revocation::load(&intermediate_crl).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].issuer, INTERMEDIATE);
+    assert_eq!(loaded[0].revoked_count(), 1);
+    let week = loaded[0].next_update.unwrap() - loaded[0].this_update;
+    assert_eq!(week, 7 * 86_400, "the default --days 7");
+    let root = trustgate::tls::revocation::load(&root_crl).unwrap();
+    assert_eq!(root[0].issuer, "CN=trustgate internal root CA");
+    assert_eq!(root[0].revoked_count(), 0);
+
+    // As `crl = "<file>"`, the config loads, with no warning a week ahead.
+    let pki = proxy_pki(d);
+    let config = crl_config(&pki, &format!("crl = {:?}\n", path_str(&intermediate_crl)));
+    let loaded = trustgate::Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.upstream_tls.crls.crls.len(), 1);
+    assert_eq!(loaded.upstream_tls.crls.crls[0].revoked_count(), 1);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+
+    // And the proxy refuses the revoked serial while the other leaf passes.
+    let api = Backend::recording(&served(&d.join("certs/backend-api")), H1, "api").await;
+    let web = Backend::recording(&served(&d.join("certs/backend-web")), H1, "web").await;
+    let crls = format!(
+        "crl = [{:?}, {:?}]\n\n",
+        path_str(&intermediate_crl),
+        path_str(&root_crl)
+    );
+    let api_upstream = format!("https://backend-api:{}/", api.port());
+    let web_upstream = format!("https://backend-web:{}/", web.port());
+    let routes = format!(
+        "{crls}{}{}",
+        route("/api", &api_upstream, &api),
+        route("/web", &web_upstream, &web)
+    );
+    let proxy = Proxy::start(&pki, &routes).await;
+    let got = get(&client(&pki, false), &proxy.url("/web/hello")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text());
+    assert_eq!(web.seen().len(), 1);
+    let line = bad_gateway(&pki, &proxy, "/api/hello", &api_upstream).await;
+    assert!(
+        line.contains(&format!("certificate revoked (serial 0x{revoked}")),
+        "{line}"
+    );
+    assert!(line.contains("reason keyCompromise"), "{line}");
+    assert!(
+        api.seen().is_empty(),
+        "no request reaches a revoked backend"
+    );
+
+    // A CRL published with --days 1 loads, with a warning naming the file.
+    pki_ok(
+        d,
+        &["crl", "--ca", "ca", "--out", "crl/short.crl", "--days", "1"],
+    );
+    let short = d.join("crl/short.crl");
+    let config = crl_config(&pki, &format!("crl = {:?}\n", path_str(&short)));
+    let loaded = trustgate::Config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0].starts_with(&format!(
+            "{}: the CRL from \"trustgate internal intermediate CA\" reaches its nextUpdate in",
+            short.display()
+        )),
+        "{:?}",
+        loaded.warnings
+    );
+    api.join().await;
+    web.join().await;
+}
+
 #[test]
 fn openssl_verifies_the_issued_chain_and_rejects_another_roots_leaf() {
     if Command::new("openssl").arg("version").output().is_err() {

@@ -1,17 +1,21 @@
 //! Findings from the files the proxy reads and the folders around them: CA private keys (by
 //! matching every private key against every CA certificate's public key), trust bundles that look
-//! public, certificates near expiry, and a listener key others can read.
+//! public (upstream and client), certificates near expiry (the proxy's client certificates too),
+//! and a listener key others can read.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{Finding, Options, Severity, expiry};
+use super::named::Named;
+use super::{Finding, Options, Severity, Side, expiry, span};
 use crate::config::Config;
 use crate::pki::inspect::CertInfo;
 use crate::tls::anchors::{self, PublicSign, SystemStore};
+use crate::tls::client::Identity;
 
 /// A CA certificate the audit knows of, and the file it came from.
 #[derive(Debug, Clone)]
@@ -181,6 +185,24 @@ pub fn check(
             (ca_files, ders)
         }
     };
+    // The client trust bundle, the same way: the loader refuses a public-looking one too.
+    let (client_ca_files, client_ders) = match config {
+        Some(config) => config
+            .server
+            .client_auth
+            .as_ref()
+            .map(|auth| (auth.ca_files.clone(), auth.anchors.clone()))
+            .unwrap_or_default(),
+        None => {
+            let ca_files = Config::named_client_ca_files(config_path).unwrap_or_default();
+            let ders = ca_files
+                .iter()
+                .filter_map(|path| crate::tls::load_certs(path).ok())
+                .flatten()
+                .collect();
+            (ca_files, ders)
+        }
+    };
     let anchors: Vec<KnownCa> = anchor_ders
         .iter()
         .filter_map(|der| CertInfo::parse(der).ok())
@@ -189,14 +211,48 @@ pub fn check(
             path: ca_files.first().cloned().unwrap_or_default(),
         })
         .collect();
-    let cas = known_cas(&files, &anchors);
+    let client_anchors = client_ders
+        .iter()
+        .filter_map(|der| CertInfo::parse(der).ok())
+        .map(|info| KnownCa {
+            info,
+            path: client_ca_files.first().cloned().unwrap_or_default(),
+        });
+    let extra: Vec<KnownCa> = anchors.iter().cloned().chain(client_anchors).collect();
+    let cas = known_cas(&files, &extra);
     ca_keys(&files, &cas, "in a folder the proxy reads", findings);
     stray_keys(&files, &cas, findings);
-    if !ca_files.is_empty() {
-        public_anchors(&ca_files, &anchor_ders, options, findings);
+    if !ca_files.is_empty() || !client_ca_files.is_empty() {
+        let system = system_store(options, findings);
+        if !ca_files.is_empty() {
+            public_anchors(Side::Upstream, &ca_files, &anchor_ders, &system, findings);
+        }
+        if !client_ca_files.is_empty() {
+            public_anchors(
+                Side::Client,
+                &client_ca_files,
+                &client_ders,
+                &system,
+                findings,
+            );
+        }
     }
 
     let Some(config) = config else {
+        // The loader refuses an expired client certificate: judge the files the TOML names.
+        for (route, path) in Named::read(config_path).client_certs {
+            let leaf = crate::tls::load_certs(&path)
+                .ok()
+                .and_then(|chain| chain.into_iter().next())
+                .and_then(|der| CertInfo::parse(&der).ok());
+            if let Some(leaf) = leaf {
+                let who = match route {
+                    None => "the proxy's client certificate".to_owned(),
+                    Some(prefix) => format!("the client certificate of route {prefix}"),
+                };
+                findings.extend(client_cert_expiry(&leaf, &who, &path, options.warn_days));
+            }
+        }
         return cas;
     };
     let ca_files = ca_files
@@ -224,23 +280,14 @@ pub fn check(
         ));
     }
     key_mode(&config.server.key, findings);
+    client_identities(config, options.warn_days, findings);
     cas
 }
 
-/// `anchors-look-public`: the rule `trustgate check` enforces ([`anchors::looks_public`]),
-/// against `--system-store` when given.
-fn public_anchors(
-    ca_files: &[PathBuf],
-    anchors: &[CertificateDer<'static>],
-    options: &Options,
-    findings: &mut Vec<Finding>,
-) {
-    let location = ca_files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let system = match options.system_store.as_deref() {
+/// The system trust store anchors are compared with: `--system-store` when given (reported
+/// when unreadable), else the distribution's.
+fn system_store(options: &Options, findings: &mut Vec<Finding>) -> SystemStore {
+    match options.system_store.as_deref() {
         None => SystemStore::distribution(),
         Some(path) => SystemStore::read(path).unwrap_or_else(|e| {
             findings.push(Finding::new(
@@ -252,10 +299,26 @@ fn public_anchors(
             ));
             SystemStore::default()
         }),
-    };
-    for sign in anchors::looks_public(anchors, &system) {
-        let finding = match sign {
-            PublicSign::TooMany { count } => Finding::new(
+    }
+}
+
+/// `anchors-look-public` (upstream) and `client-ca-looks-public`: the rule `trustgate check`
+/// enforces on both bundles ([`anchors::looks_public`]).
+fn public_anchors(
+    side: Side,
+    ca_files: &[PathBuf],
+    anchors: &[CertificateDer<'static>],
+    system: &SystemStore,
+    findings: &mut Vec<Finding>,
+) {
+    let location = ca_files
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for sign in anchors::looks_public(anchors, system) {
+        let finding = match (side, sign) {
+            (Side::Upstream, PublicSign::TooMany { count }) => Finding::new(
                 Severity::High,
                 "anchors-look-public",
                 format!(
@@ -265,7 +328,7 @@ fn public_anchors(
                 location.clone(),
                 "put only the internal root (or intermediate) certificate in [upstream_tls].ca",
             ),
-            PublicSign::InSystemStore { index } => Finding::new(
+            (Side::Upstream, PublicSign::InSystemStore { index }) => Finding::new(
                 Severity::High,
                 "anchors-look-public",
                 format!(
@@ -276,9 +339,115 @@ fn public_anchors(
                 location.clone(),
                 "trust only the internal CA for upstreams; remove public roots from the bundle",
             ),
+            (Side::Client, PublicSign::TooMany { count }) => Finding::new(
+                Severity::High,
+                "client-ca-looks-public",
+                format!(
+                    "the client certificate trust bundle holds {count} CA certificates: a public \
+                     or system trust store copied, so a certificate any of them issued, to \
+                     anyone, passes client authentication"
+                ),
+                location.clone(),
+                "put only the CA that issues your clients' certificates in [server.client_auth].ca",
+            ),
+            (Side::Client, PublicSign::InSystemStore { index }) => Finding::new(
+                Severity::High,
+                "client-ca-looks-public",
+                format!(
+                    "client trust anchor \"{}\" is also in the system trust store: anyone who \
+                     gets a certificate from that public CA passes client authentication",
+                    crate::tls::subject(&anchors[index])
+                ),
+                location.clone(),
+                "trust only your own client CA in [server.client_auth].ca; remove public roots",
+            ),
         };
         findings.push(finding);
     }
+}
+
+/// `upstream-client-cert-expiring` for each distinct client certificate the proxy presents to
+/// backends: `[upstream_tls] client_cert` and the routes' own `upstream_client_cert`.
+fn client_identities(config: &Config, warn_days: i64, findings: &mut Vec<Finding>) {
+    let global = config.upstream_tls.identity.as_ref();
+    // Each file once: the global identity, then each route override with the routes using it.
+    let mut overrides: Vec<(&Identity, Vec<String>)> = Vec::new();
+    for route in config.routes.iter() {
+        let Some(identity) = route.client_identity.as_ref() else {
+            continue;
+        };
+        if global.is_some_and(|global| Arc::ptr_eq(global, identity)) {
+            continue;
+        }
+        let prefix = route.prefix.to_string();
+        match overrides
+            .iter_mut()
+            .find(|(seen, _)| seen.cert_file == identity.cert_file)
+        {
+            Some((_, prefixes)) => prefixes.push(prefix),
+            None => overrides.push((identity, vec![prefix])),
+        }
+    }
+    let global = global.map(|identity| (&**identity, "the proxy's client certificate".to_owned()));
+    let overrides = overrides.into_iter().map(|(identity, prefixes)| {
+        let routes = if prefixes.len() == 1 {
+            "route"
+        } else {
+            "routes"
+        };
+        let who = format!("the client certificate of {routes} {}", prefixes.join(", "));
+        (identity, who)
+    });
+    for (identity, who) in global.into_iter().chain(overrides) {
+        let leaf = identity
+            .chain
+            .first()
+            .and_then(|der| CertInfo::parse(der).ok());
+        if let Some(leaf) = leaf {
+            findings.extend(client_cert_expiry(
+                &leaf,
+                &who,
+                &identity.cert_file,
+                warn_days,
+            ));
+        }
+    }
+}
+
+/// A finding for the proxy's client certificate when it has expired (high: backends that
+/// demand it refuse the proxy) or expires within `warn_days` (medium).
+fn client_cert_expiry(
+    leaf: &CertInfo,
+    who: &str,
+    cert_file: &Path,
+    warn_days: i64,
+) -> Option<Finding> {
+    let left = leaf.not_after - time::OffsetDateTime::now_utc();
+    let (severity, when) = if left.is_negative() {
+        (Severity::High, format!("expired {} ago", span(-left)))
+    } else if left < time::Duration::days(warn_days) {
+        (Severity::Medium, format!("expires in {}", span(left)))
+    } else {
+        return None;
+    };
+    Some(Finding::new(
+        severity,
+        "upstream-client-cert-expiring",
+        format!(
+            "{who} \"{}\" {when}: backends that require a client certificate refuse the proxy \
+             once it has expired",
+            leaf.subject
+        ),
+        cert_file.display().to_string(),
+        format!(
+            "renew it (trustgate pki renew --ca CADIR --certs {} for client.crt files, or pki \
+             issue --ca CADIR --client NAME --renew) and reload the proxy (SIGHUP; watched \
+             files reload by themselves)",
+            cert_file
+                .parent()
+                .map_or_else(|| ".".into(), |p| p.display().to_string())
+        ),
+    ))
 }
 
 /// A private key that belongs to no certificate found near the proxy: it serves nothing here,

@@ -1,14 +1,17 @@
 //! `trustgate audit`: catch the ways an internal PKI deployment goes wrong, one finding per
 //! mistake, each with severity, what, where and the fix.
 //!
-//! - [`files`]: CA keys next to the proxy, public-looking trust bundles, expiring certificates,
-//!   a readable listener key.
+//! - [`files`]: CA keys next to the proxy, public-looking trust bundles (upstream and client),
+//!   expiring certificates (the proxy's client identities too), a readable listener key.
 //! - [`probe`]: connect to every upstream as the proxy would and judge what it presents.
+//! - [`revocation`]: CRLs past or near their nextUpdate, issuing CAs without a CRL.
 //! - [`compose`]: the Docker Compose topology: internal networks, published ports, mounts.
 
 pub mod compose;
 pub mod files;
+mod named;
 pub mod probe;
+pub mod revocation;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -65,6 +68,33 @@ impl Finding {
             what: what.into(),
             location: location.into(),
             fix: fix.into(),
+        }
+    }
+}
+
+/// The two trust sides of the proxy, each with its own anchors and CRLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// `[upstream_tls]`: the backends' certificates.
+    Upstream,
+    /// `[server.client_auth]`: the clients' certificates.
+    Client,
+}
+
+impl Side {
+    /// The TOML table, as findings name it.
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Self::Upstream => "[upstream_tls]",
+            Self::Client => "[server.client_auth]",
+        }
+    }
+
+    /// The adjective in findings: "the upstream CRL", "the client CRL".
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Client => "client",
         }
     }
 }
@@ -174,9 +204,11 @@ pub async fn run(options: &Options) -> Report {
         }
     };
     let known_cas = files::check(&options.config, config.as_ref(), options, &mut findings);
-    if let Some(config) = config.as_ref().filter(|_| options.probe) {
-        probe::check(config, options.warn_days, &mut findings).await;
-    }
+    let presented = match config.as_ref().filter(|_| options.probe) {
+        Some(config) => probe::check(config, options.warn_days, &mut findings).await,
+        None => Vec::new(),
+    };
+    revocation::check(&options.config, config.as_ref(), &presented, &mut findings);
     if let Some(compose) = &options.compose {
         compose::check(compose, &options.proxy_service, &known_cas, &mut findings);
     }

@@ -34,8 +34,19 @@ enum Failure {
     Refused(String),
 }
 
+/// The chain one upstream presented, leaf first, for the checks that need it after the probe
+/// (`crl-missing`: every intermediate in use needs a CRL).
+#[derive(Debug, Clone)]
+pub struct Presented {
+    /// The route probed, as findings name it.
+    pub location: String,
+    pub chain: Vec<CertInfo>,
+}
+
 /// What each upstream presents: refusals, shared identities, expiry, CA or non-serverAuth leaves.
-pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>) {
+/// Returns every chain presented, refused ones too.
+pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>) -> Vec<Presented> {
+    let mut presented = Vec::new();
     let verifier = config.upstream_tls.verifier.clone();
     // Certificates and keys already seen, to catch one identity shared by several services.
     let mut by_cert: HashMap<String, String> = HashMap::new();
@@ -112,6 +123,12 @@ pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>)
                 .entry(leaf.spki.clone())
                 .or_insert_with(|| host.clone());
         }
+        if !probed.chain.is_empty() {
+            presented.push(Presented {
+                location: location.clone(),
+                chain: probed.chain,
+            });
+        }
         match probed.verdict {
             Ok(()) => {}
             Err(Failure::Refused(reason)) => findings.push(Finding::new(
@@ -133,6 +150,7 @@ pub async fn check(config: &Config, warn_days: i64, findings: &mut Vec<Finding>)
             )),
         }
     }
+    presented
 }
 
 fn shared(host: &str, other: &str, what: &str, location: &str) -> Finding {

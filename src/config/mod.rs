@@ -194,6 +194,25 @@ impl Config {
             .collect())
     }
 
+    /// The `[server.client_auth] ca` files a config file names (none without that table),
+    /// resolved, read from the TOML alone: the audit judges the client trust bundle even when the
+    /// loader refuses it.
+    pub fn named_client_ca_files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+        let file = parse_only(path)?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let Some(auth) = &file.server.client_auth else {
+            return Ok(Vec::new());
+        };
+        Ok(auth
+            .ca
+            .get_ref()
+            .as_slice()
+            .iter()
+            .filter(|raw| !raw.trim().is_empty())
+            .map(|raw| dir.join(raw))
+            .collect())
+    }
+
     /// Every file this config was built from: itself, the public certificate and key, the CA
     /// files. A reload is due when one of them changes.
     pub fn inputs(&self) -> Vec<PathBuf> {
