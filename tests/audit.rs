@@ -828,7 +828,7 @@ async fn upstream_presenting_a_ca_certificate_is_flagged() {
             .find(|f| f.what.contains("backend-api"))
             .unwrap()
             .what,
-        "a CA certificate is presented as an end-entity certificate",
+        "the upstream presents a CA certificate as its own",
     );
     let about_ok: Vec<_> = report
         .findings

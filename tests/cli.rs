@@ -406,6 +406,7 @@ async fn demo_serves_through_its_own_trust_chain_and_keeps_no_ca_key() {
         with_keys,
         [
             PathBuf::from("backend/server.key"),
+            PathBuf::from("proxy/client.key"),
             PathBuf::from("public/privkey.pem")
         ],
         "files holding a PRIVATE KEY among {files:#?}"

@@ -531,7 +531,7 @@ impl Drop for PortBackend {
 }
 
 #[tokio::test]
-async fn new_trust_closes_old_upstream_connections_and_other_changes_keep_them() {
+async fn trust_changes_keep_connections_that_still_verify_and_close_the_others() {
     let pki = TestPki::new();
     let backend = PortBackend::start(&pki.leaf(&["backend-a"])).await;
     let upstream = format!("https://backend-a:{}/", backend.addr.port());
@@ -571,32 +571,48 @@ async fn new_trust_closes_old_upstream_connections_and_other_changes_keep_them()
         "the pool survived the reload"
     );
 
-    // A second root: other trust, so the old pool's idle connection closes and the next request
-    // makes a new handshake.
+    // A second root: other trust, judged connection by connection. The open one still chains to
+    // the first root, so it stays and carries the next request.
     let second = Ca::root("Second Internal Root", Validity::days(30)).unwrap();
     write(&pki.path("ca2.pem"), &second.cert_pem());
-    write(
-        &proxy.config_path,
-        &config_text(
+    let with_roots = |roots: &str| {
+        config_text(
             false,
-            "[\"ca.pem\", \"ca2.pem\"]",
+            roots,
             &format!("[timeouts]\nidle = \"30s\"\n\n{routes}"),
-        ),
-    );
+        )
+    };
+    write(&proxy.config_path, &with_roots("[\"ca.pem\", \"ca2.pem\"]"));
     assert_eq!(applied(proxy.reloader.reload()), 3);
+    assert_eq!(
+        get(&client, &proxy.url("/a/x")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(backend.requests(), [first; 4], "still verifies: kept");
+
+    // The first root dropped: the connection no longer verifies, so it is closed before the new
+    // generation serves, and the next request makes a new handshake, which fails.
+    write(&proxy.config_path, &with_roots("\"ca2.pem\""));
+    let reloader = proxy.reloader.clone();
+    let reloaded = tokio::task::spawn_blocking(move || reloader.reload())
+        .await
+        .unwrap();
+    assert_eq!(applied(reloaded), 4);
     eventually(
-        "the old trust's idle upstream connection to close",
+        "the connection that no longer verifies to close",
         Duration::from_secs(5),
         || backend.closed.lock().unwrap().contains(&first),
     )
     .await;
     assert_eq!(
         get(&client, &proxy.url("/a/x")).await.status,
-        StatusCode::OK
+        StatusCode::BAD_GATEWAY
     );
-    let requests = backend.requests();
-    assert_eq!(requests.len(), 4);
-    assert_ne!(requests[3], first, "a new upstream connection");
+    assert_eq!(
+        backend.requests().len(),
+        4,
+        "no request on the old connection"
+    );
 }
 
 #[tokio::test]

@@ -415,7 +415,14 @@ impl Loader<'_> {
             self.report(
                 Some(ca.span()),
                 Some(key.into()),
-                "names no file: a CA certificate is required",
+                format!(
+                    "names no file: the {} CA certificate is required",
+                    if key.starts_with("upstream") {
+                        "internal"
+                    } else {
+                        "client"
+                    }
+                ),
             );
             return None;
         }

@@ -337,7 +337,7 @@ impl Drop for AccessLog<'_> {
             path = %self.uri.path(),
             status = self.status.map_or(499, |s| s.as_u16()),
             route = %self.route,
-            client_cert = self.client_cert,
+            client_cert = self.client_cert.map(tracing::field::display),
             elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
         );
     }

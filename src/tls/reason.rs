@@ -103,7 +103,11 @@ pub fn certificate(err: &CertificateError, side: Side) -> String {
         CertificateError::NotValidYet => "certificate not valid yet".into(),
         CertificateError::UnknownIssuer => format!(
             "unknown issuer: the certificate does not chain to {anchors} (issued by another CA, \
-             self-signed, or the intermediate is not sent)"
+             self-signed, or the {} does not send its intermediate)",
+            match side {
+                Side::Upstream => "upstream",
+                Side::Client => "client",
+            }
         ),
         CertificateError::BadSignature => "bad signature in the certificate chain".into(),
         CertificateError::Revoked => "certificate revoked".into(),
