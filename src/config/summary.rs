@@ -3,7 +3,10 @@
 use std::fmt;
 
 use super::Config;
+use crate::pki::inspect::rfc3339;
 use crate::tls;
+use crate::tls::client::Identity;
+use crate::tls::revocation::CrlSet;
 
 /// A human summary of a loaded configuration.
 pub(super) struct Summary<'a>(pub(super) &'a Config);
@@ -32,6 +35,26 @@ impl fmt::Display for Summary<'_> {
         for anchor in &config.upstream_tls.anchors {
             writeln!(f, "  {}", tls::subject(anchor))?;
         }
+        crls(f, "upstream", &config.upstream_tls.crls)?;
+        if let Some(identity) = &config.upstream_tls.identity {
+            writeln!(f, "client certificate for upstreams: {}", self::identity(identity))?;
+        }
+        if let Some(auth) = &config.server.client_auth {
+            writeln!(
+                f,
+                "client certificates on the listener: {} ({}), anchors:",
+                if auth.mandatory { "required" } else { "optional, routes decide" },
+                if auth.forward_chain {
+                    "leaf and chain forwarded"
+                } else {
+                    "leaf forwarded"
+                }
+            )?;
+            for anchor in &auth.anchors {
+                writeln!(f, "  {}", tls::subject(anchor))?;
+            }
+            crls(f, "client", &auth.crls)?;
+        }
         writeln!(f, "routes:")?;
         for route in config.routes.iter() {
             write!(
@@ -43,6 +66,15 @@ impl fmt::Display for Summary<'_> {
             )?;
             if let Some(address) = route.address {
                 write!(f, "  via {address}")?;
+            }
+            if route.require_client_cert {
+                write!(f, "  client certificate required")?;
+            }
+            let global = config.upstream_tls.identity.as_ref().map(|i| i.id);
+            if let Some(identity) = &route.client_identity
+                && Some(identity.id) != global
+            {
+                write!(f, "  presents {}", self::identity(identity))?;
             }
             writeln!(
                 f,
@@ -81,4 +113,32 @@ impl fmt::Display for Summary<'_> {
             l.min_upload_rate
         )
     }
+}
+
+/// One line per CRL: issuer, thisUpdate, nextUpdate, revoked serials; or that revocation is off.
+fn crls(f: &mut fmt::Formatter<'_>, side: &str, set: &CrlSet) -> fmt::Result {
+    if set.is_empty() {
+        return writeln!(f, "{side} revocation: off (no crl)");
+    }
+    writeln!(f, "{side} revocation: {}", set.policy)?;
+    let at = |secs: i64| {
+        time::OffsetDateTime::from_unix_timestamp(secs).map_or_else(|_| secs.to_string(), rfc3339)
+    };
+    for crl in &set.crls {
+        writeln!(
+            f,
+            "  CRL {} from \"{}\": thisUpdate {}, nextUpdate {}, {} revoked",
+            crl.path.display(),
+            crl.issuer,
+            at(crl.this_update),
+            crl.next_update.map_or_else(|| "none".to_owned(), at),
+            crl.revoked_count()
+        )?;
+    }
+    Ok(())
+}
+
+fn identity(identity: &Identity) -> String {
+    let subject = identity.chain.first().map(tls::subject).unwrap_or_default();
+    format!("{} ({subject})", identity.cert_file.display())
 }
