@@ -78,6 +78,9 @@ impl ConnectionInfo {
     }
 }
 
+/// At most this many presented intermediates go into `Client-Cert-Chain`.
+const MAX_FORWARDED_CHAIN: usize = 4;
+
 /// A verified client certificate, in the forms the proxy forwards, computed once per connection.
 #[derive(Debug)]
 pub struct ClientCert {
@@ -99,8 +102,12 @@ impl ClientCert {
         let (_, parsed) = x509_parser::parse_x509_certificate(leaf).ok()?;
         let subject = crate::tls::rfc4514(parsed.subject());
         let item = |der: &CertificateDer<'_>| format!(":{}:", BASE64.encode(der));
+        // A client may pad its chain with certificates path building never uses: forward a few.
         let chain = (!rest.is_empty())
-            .then(|| rest.iter().map(item).collect::<Vec<_>>().join(", "))
+            .then(|| {
+                let items: Vec<String> = rest.iter().take(MAX_FORWARDED_CHAIN).map(item).collect();
+                items.join(", ")
+            })
             .and_then(|list| HeaderValue::from_str(&list).ok());
         Some(Self {
             subject_header: HeaderValue::from_str(&subject).ok()?,

@@ -37,13 +37,21 @@ impl fmt::Display for Summary<'_> {
         }
         crls(f, "upstream", &config.upstream_tls.crls)?;
         if let Some(identity) = &config.upstream_tls.identity {
-            writeln!(f, "client certificate for upstreams: {}", self::identity(identity))?;
+            writeln!(
+                f,
+                "client certificate for upstreams: {}",
+                self::identity(identity)
+            )?;
         }
         if let Some(auth) = &config.server.client_auth {
             writeln!(
                 f,
                 "client certificates on the listener: {} ({}), anchors:",
-                if auth.mandatory { "required" } else { "optional, routes decide" },
+                if auth.mandatory {
+                    "required"
+                } else {
+                    "optional, routes decide"
+                },
                 if auth.forward_chain {
                     "leaf and chain forwarded"
                 } else {
