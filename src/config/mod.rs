@@ -555,6 +555,25 @@ impl Loader<'_> {
                         when(next - now)
                     ));
                 }
+                // webpki checks a certificate against the first CRL from its issuer only: a
+                // revocation in a second one (a newer list next to the old) would not count.
+                if let Some(first) = crls
+                    .iter()
+                    .find(|c: &&tls::revocation::Crl| c.same_issuer(&one))
+                {
+                    self.report(
+                        Some(crl.span()),
+                        Some(key("crl")),
+                        format!(
+                            "{} and {} both hold a CRL from \"{}\": only the first would be \
+                             checked; keep only the current one",
+                            first.path.display(),
+                            path.display(),
+                            one.issuer_name
+                        ),
+                    );
+                    complete = false;
+                }
                 crls.push(one);
             }
         }

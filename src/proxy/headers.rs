@@ -262,19 +262,34 @@ fn strip_identity(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     // Names are lowercase in a HeaderMap; most requests carry no such header and allocate nothing.
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(X_SSL_CLIENT))
-    {
+    if headers.keys().any(claims_identity) {
         let claimed: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| name.as_str().starts_with(X_SSL_CLIENT))
+            .filter(|name| claims_identity(name))
             .cloned()
             .collect();
         for name in claimed {
             headers.remove(name);
         }
     }
+}
+
+/// Whether `name` is an identity header once `_` reads as `-`: CGI-style backends (PHP, WSGI,
+/// Rack) see `Client_Cert` and `Client-Cert` as the same `HTTP_CLIENT_CERT`.
+fn claims_identity(name: &HeaderName) -> bool {
+    let same = |got: &[u8], identity: &str| {
+        got.len() == identity.len()
+            && got
+                .iter()
+                .zip(identity.bytes())
+                .all(|(&g, i)| g == i || (g == b'_' && i == b'-'))
+    };
+    let name = name.as_str().as_bytes();
+    name.get(..X_SSL_CLIENT.len())
+        .is_some_and(|start| same(start, X_SSL_CLIENT))
+        || IDENTITY
+            .iter()
+            .any(|identity| same(name, identity.as_str()))
 }
 
 fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {

@@ -103,6 +103,11 @@ impl Crl {
         self.revoked.len()
     }
 
+    /// Whether both CRLs are published by one issuer: webpki consults only the first of them.
+    pub fn same_issuer(&self, other: &Crl) -> bool {
+        self.issuer_raw == other.issuer_raw
+    }
+
     /// Whether nextUpdate has passed at `now` (seconds since the epoch).
     pub fn expired_at(&self, now: i64) -> bool {
         self.next_update.is_some_and(|next| next < now)
