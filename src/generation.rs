@@ -19,7 +19,7 @@ use rustls::server::danger::ClientCertVerifier;
 use tracing::{info, warn};
 
 use crate::config::{ClientAuth, Config};
-use crate::live::{self, Peer, Peers};
+use crate::live::{self, ClientPeers, Peer};
 use crate::proxy::Proxy;
 use crate::server::PerConnection;
 use crate::tls::reason::{self, Side};
@@ -42,7 +42,7 @@ pub struct Generation {
     /// The same for client certificates (`None`: no client auth).
     client_trust: Option<[u8; 32]>,
     /// Open client connections with a verified certificate, shared by all generations.
-    clients: Arc<Peers>,
+    clients: Arc<ClientPeers>,
 }
 
 impl Generation {
@@ -86,6 +86,8 @@ impl Generation {
         let client_auth = config.server.client_auth.as_ref();
         let clients = previous.map_or_else(Arc::default, |p| p.clients.clone());
         let client_trust = client_auth.map(|auth| auth.trust_id);
+        // Handshakes still running under the previous trust are judged again when they end.
+        clients.set_current(client_auth.map(|auth| auth.verifier.clone()));
         if let (Some(previous), Some(auth)) = (previous, client_auth)
             && previous.client_trust != client_trust
         {
@@ -107,7 +109,7 @@ impl Generation {
                 config.server.tls.clone(),
                 &config.timeouts,
                 &config.limits,
-                client_auth.map(|_| clients.clone()),
+                client_auth.map(|auth| (clients.clone(), auth.verifier.clone())),
             ),
             proxy: Proxy::new(
                 config.routes.clone(),
@@ -126,9 +128,9 @@ impl Generation {
 
 /// Judges the open client connections' certificates under the new client trust; severs and logs
 /// those that fail.
-fn recheck_clients(clients: &Peers, auth: &ClientAuth) -> Vec<Arc<Peer>> {
+fn recheck_clients(clients: &ClientPeers, auth: &ClientAuth) -> Vec<Arc<Peer>> {
     let now = UnixTime::now();
-    let severed = clients.sever_failing(|verified| {
+    let severed = clients.peers.sever_failing(|verified| {
         let Some((leaf, intermediates)) = verified.chain.split_first() else {
             return Ok(());
         };

@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use arc_swap::ArcSwapOption;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::tls::verify::ClientVerifier;
 
 /// One open TCP connection that can be severed from elsewhere.
 #[derive(Debug)]
@@ -188,6 +192,52 @@ impl Peers {
             }
         }
         severed
+    }
+}
+
+/// The open client connections with a verified certificate, shared by every generation, and the
+/// client verifier of the generation serving now. A handshake that began under an older
+/// generation's verifier and ended after a reload is judged again with the current one
+/// ([`ClientPeers::admit`]), so a reload's re-check cannot be outrun.
+#[derive(Debug, Default)]
+pub struct ClientPeers {
+    pub peers: Peers,
+    current: ArcSwapOption<ClientVerifier>,
+}
+
+impl ClientPeers {
+    /// The verifier new handshakes use from now on (`None`: no client auth). Set before the open
+    /// connections are judged again.
+    pub fn set_current(&self, verifier: Option<Arc<ClientVerifier>>) {
+        self.current.store(verifier);
+    }
+
+    /// Records a connection whose handshake verified `chain` with `accepted_with`; if the client
+    /// trust changed meanwhile, judges it under the current trust first.
+    pub fn admit(
+        &self,
+        peer: &Arc<Peer>,
+        chain: Vec<CertificateDer<'static>>,
+        accepted_with: &Arc<ClientVerifier>,
+    ) -> Result<(), rustls::Error> {
+        peer.verified(Verified {
+            chain,
+            server_name: None,
+        });
+        self.peers.add(peer);
+        let current = self.current.load();
+        match current.as_ref() {
+            Some(current) if !Arc::ptr_eq(current, accepted_with) => {
+                let Some((leaf, intermediates)) = peer.chain().and_then(|v| v.chain.split_first())
+                else {
+                    return Ok(());
+                };
+                current
+                    .verify_client_cert(leaf, intermediates, UnixTime::now())
+                    .map(|_| ())
+            }
+            _ => Ok(()),
+        }
     }
 }
 

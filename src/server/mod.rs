@@ -31,8 +31,9 @@ use crate::config::{Limits, Timeouts};
 use crate::connection::{ClientCert, UpstreamTurns};
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
 use crate::io::OnRead;
-use crate::live::{Peers, Severable, Verified};
+use crate::live::{ClientPeers, Severable};
 use crate::tls::reason::{self, Side};
+use crate::tls::verify::ClientVerifier;
 
 /// Largest request head (request line plus headers) a client may send; larger gets 431.
 pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -75,8 +76,8 @@ pub struct PerConnection {
     pub h2_max_streams: u32,
     pub upstream_per_connection: usize,
     /// With client auth: where connections with a verified client certificate are recorded, so
-    /// a change of client trust can judge them again.
-    pub client_peers: Option<Arc<Peers>>,
+    /// a change of client trust can judge them again, and the verifier `tls` uses.
+    pub client_auth: Option<(Arc<ClientPeers>, Arc<ClientVerifier>)>,
 }
 
 impl PerConnection {
@@ -84,11 +85,11 @@ impl PerConnection {
         tls: Arc<ServerConfig>,
         timeouts: &Timeouts,
         limits: &Limits,
-        client_peers: Option<Arc<Peers>>,
+        client_auth: Option<(Arc<ClientPeers>, Arc<ClientVerifier>)>,
     ) -> Self {
         Self {
             tls,
-            client_peers,
+            client_auth,
             clocks: Clocks {
                 client_header: timeouts.client_header,
                 idle: timeouts.idle,
@@ -329,12 +330,13 @@ impl Connection {
         let (tcp, session) = tls.get_ref();
         let chain = session.peer_certificates().unwrap_or_default();
         let client_cert = ClientCert::from_chain(chain).map(Arc::new);
-        if let (Some(peers), Some(_)) = (&settings.client_peers, &client_cert) {
-            tcp.peer().verified(Verified {
-                chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
-                server_name: None,
-            });
-            peers.add(tcp.peer());
+        if let (Some((peers, accepted_with)), false) = (&settings.client_auth, chain.is_empty()) {
+            let owned = chain.iter().map(|c| c.clone().into_owned()).collect();
+            if let Err(e) = peers.admit(tcp.peer(), owned, accepted_with) {
+                info!(%peer, reason = %reason::tls(&e, Side::Client),
+                    "client certificate refused: the client trust changed during the handshake");
+                return;
+            }
         }
         let info = Arc::new(ConnectionInfo::new(
             peer,

@@ -1,5 +1,7 @@
-//! Review of issue 9 (CRLs, live re-check, mutual TLS): each test pins one defect found by
-//! attacking the new code, with real TLS on loopback and certificates and CRLs made per test.
+//! Ways around revocation and client identity, each found by attacking the proxy and pinned
+//! here: a second CRL from one issuer, identity headers spelled with `_` or sent as trailers, and
+//! a client handshake that ends after a client-CRL reload. Real TLS on loopback, certificates and
+//! CRLs made per test.
 
 mod common;
 
