@@ -12,56 +12,10 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trustgate::pki::{Ca, Validity};
 
 use common::*;
 
 const H1: &[&[u8]] = &[b"http/1.1"];
-
-/// A client PKI of its own (root and intermediate), its CA at `clients/ca.pem` and both CRLs at
-/// `clients/crl.pem`.
-struct Clients {
-    root: Ca,
-    intermediate: Ca,
-}
-
-impl Clients {
-    fn new(pki: &TestPki) -> Self {
-        let root = Ca::root("Review Client Root", Validity::days(30)).unwrap();
-        let intermediate = root
-            .intermediate("Review Client Intermediate", Validity::days(30), &[])
-            .unwrap();
-        write(&pki.path("clients/ca.pem"), &root.cert_pem());
-        let clients = Self { root, intermediate };
-        clients.publish(pki, &[]);
-        clients
-    }
-
-    fn issue(&self, pki: &TestPki, name: &str) -> ServerCert {
-        pki.client_cert_from(&self.intermediate, name)
-    }
-
-    fn publish(&self, pki: &TestPki, revoked: &[&ServerCert]) {
-        let serials: Vec<_> = revoked.iter().map(|c| &c.chain[0]).collect();
-        let both = crl(&self.intermediate, &serials, time::Duration::days(7))
-            + &crl(&self.root, &[], time::Duration::days(7));
-        write(&pki.path("clients/crl.pem"), &both);
-    }
-}
-
-fn client_auth(mode: &str) -> String {
-    format!(
-        "\n[server.client_auth]\nca = \"clients/ca.pem\"\ncrl = \"clients/crl.pem\"\nmode = \"{mode}\"\n"
-    )
-}
-
-async fn reload(proxy: &Proxy) {
-    let reloader = proxy.reloader.clone();
-    tokio::task::spawn_blocking(move || reloader.reload())
-        .await
-        .unwrap()
-        .expect("reload applies");
-}
 
 /// A client whose TCP connection was accepted before a reload that revokes its certificate, and
 /// who sends its ClientHello only after the reload, is verified with the listener config of the
@@ -70,11 +24,11 @@ async fn reload(proxy: &Proxy) {
 #[tokio::test]
 async fn a_handshake_finished_after_a_client_crl_reload_is_judged_under_the_new_trust() {
     let pki = TestPki::new();
-    let clients = Clients::new(&pki);
+    let clients = ClientPki::new(&pki);
     let alice = clients.issue(&pki, "alice");
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
     let text = config_text(
-        &client_auth("require"),
+        &client_auth("require", ""),
         "",
         &route_to("/api", "backend-api", &api),
     );
@@ -84,7 +38,7 @@ async fn a_handshake_finished_after_a_client_crl_reload_is_judged_under_the_new_
     let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     clients.publish(&pki, &[&alice]);
-    reload(&proxy).await;
+    proxy.reload().await;
 
     let tls = Arc::new(pki.client_tls_with_cert(&[b"http/1.1"], &alice));
     let answer = match tokio_rustls::TlsConnector::from(tls)

@@ -77,11 +77,7 @@ async fn the_proxy_presents_its_client_certificate_and_rotates_it_by_reload() {
         "proxy",
         &pki.client_cert_from(&pki.intermediate, "trustgate-proxy-2"),
     );
-    let reloader = proxy.reloader.clone();
-    tokio::task::spawn_blocking(move || reloader.reload())
-        .await
-        .unwrap()
-        .expect("reload applies");
+    proxy.reload().await;
     assert_eq!(
         get(&client, &proxy.url("/api/b")).await.status,
         StatusCode::OK
@@ -189,44 +185,6 @@ async fn client_identities_that_cannot_work_are_config_errors() {
 // ---------------------------------------------------------------------------------------------
 // Client certificates on the public listener
 
-/// A client CA of its own (root -> intermediate), never the upstream CA.
-struct Clients {
-    root: Ca,
-    intermediate: Ca,
-}
-
-impl Clients {
-    fn new(pki: &TestPki) -> Self {
-        let root = Ca::root("Test Client Root", Validity::days(30)).unwrap();
-        let intermediate = root
-            .intermediate("Test Client Intermediate", Validity::days(30), &[])
-            .unwrap();
-        write(&pki.path("clients/ca.pem"), &root.cert_pem());
-        let clients = Self { root, intermediate };
-        clients.publish(pki, &[]);
-        clients
-    }
-
-    /// A client certificate from the client intermediate, presented with it.
-    fn issue(&self, pki: &TestPki, name: &str) -> ServerCert {
-        pki.client_cert_from(&self.intermediate, name)
-    }
-
-    /// Publishes both client CRLs; the intermediate's revokes `revoked`.
-    fn publish(&self, pki: &TestPki, revoked: &[&ServerCert]) {
-        let serials: Vec<_> = revoked.iter().map(|c| &c.chain[0]).collect();
-        let both = crl(&self.intermediate, &serials, time::Duration::days(7))
-            + &crl(&self.root, &[], time::Duration::days(7));
-        write(&pki.path("clients/crl.pem"), &both);
-    }
-}
-
-fn client_auth(mode: &str, extra: &str) -> String {
-    format!(
-        "\n[server.client_auth]\nca = \"clients/ca.pem\"\ncrl = \"clients/crl.pem\"\nmode = \"{mode}\"\n{extra}"
-    )
-}
-
 /// A pooled client presenting `cert`.
 fn client_with(pki: &TestPki, cert: &ServerCert, h2: bool) -> TestClient {
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
@@ -273,7 +231,7 @@ async fn raw_get(
 #[tokio::test]
 async fn require_mode_refuses_clients_without_a_valid_certificate() {
     let pki = TestPki::new();
-    let clients = Clients::new(&pki);
+    let clients = ClientPki::new(&pki);
     let alice = clients.issue(&pki, "alice");
     let mallory = clients.issue(&pki, "mallory");
     clients.publish(&pki, &[&mallory]);
@@ -338,7 +296,7 @@ async fn require_mode_refuses_clients_without_a_valid_certificate() {
 #[tokio::test]
 async fn optional_mode_lets_routes_demand_a_certificate() {
     let pki = TestPki::new();
-    let clients = Clients::new(&pki);
+    let clients = ClientPki::new(&pki);
     let alice = clients.issue(&pki, "alice");
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
     let rest = route_to("/admin", "backend-api", &api)
@@ -388,7 +346,7 @@ async fn optional_mode_lets_routes_demand_a_certificate() {
 #[tokio::test]
 async fn the_verified_certificate_reaches_the_backend_intact() {
     let pki = TestPki::new();
-    let clients = Clients::new(&pki);
+    let clients = ClientPki::new(&pki);
     let alice = clients.issue(&pki, "alice");
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
     let server = client_auth("require", "forward_chain = true");
@@ -424,7 +382,7 @@ async fn the_verified_certificate_reaches_the_backend_intact() {
 #[tokio::test]
 async fn forged_identity_headers_never_reach_a_backend() {
     let pki = TestPki::new();
-    let clients = Clients::new(&pki);
+    let clients = ClientPki::new(&pki);
     let alice = clients.issue(&pki, "alice");
     let api = Backend::recording(&pki.leaf(&["backend-api"]), &[b"h2", b"http/1.1"], "api").await;
     let route = route_to("/api", "backend-api", &api);
@@ -491,7 +449,7 @@ async fn forged_identity_headers_never_reach_a_backend() {
 #[tokio::test]
 async fn a_client_crl_reload_closes_revoked_clients_and_resumption_does_not_bypass_it() {
     let pki = TestPki::new();
-    let clients = Clients::new(&pki);
+    let clients = ClientPki::new(&pki);
     let alice = clients.issue(&pki, "alice");
     let bob = clients.issue(&pki, "bob");
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
@@ -535,11 +493,7 @@ async fn a_client_crl_reload_closes_revoked_clients_and_resumption_does_not_bypa
     let mut bob_conn = open(Arc::new(pki.client_tls_with_cert(&[b"http/1.1"], &bob))).await;
 
     clients.publish(&pki, &[&alice]);
-    let reloader = proxy.reloader.clone();
-    tokio::task::spawn_blocking(move || reloader.reload())
-        .await
-        .unwrap()
-        .expect("reload applies");
+    proxy.reload().await;
 
     // Alice's open connection is closed; Bob's is not.
     let mut buf = [0u8; 64];

@@ -351,11 +351,7 @@ async fn a_reload_that_revokes_closes_open_connections_to_that_backend_only() {
         &crl(&pki.intermediate, &revoked, time::Duration::days(7)),
     );
     // As in the proxy, the reload runs off the runtime's threads while connections go on.
-    let reloader = proxy.reloader.clone();
-    let outcome = tokio::task::spawn_blocking(move || reloader.reload())
-        .await
-        .unwrap()
-        .expect("reload applies");
+    let outcome = proxy.reload().await;
     assert!(
         matches!(outcome, trustgate::reload::Outcome::Applied { .. }),
         "{outcome:?}"

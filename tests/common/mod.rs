@@ -413,6 +413,49 @@ pub fn write(path: &Path, contents: &str) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Client certificates
+
+/// A client PKI of its own (root -> intermediate), never the upstream CA: its root at
+/// `clients/ca.pem`, both CRLs at `clients/crl.pem`.
+pub struct ClientPki {
+    pub root: Ca,
+    pub intermediate: Ca,
+}
+
+impl ClientPki {
+    pub fn new(pki: &TestPki) -> Self {
+        let root = Ca::root("Test Client Root", Validity::days(30)).unwrap();
+        let intermediate = root
+            .intermediate("Test Client Intermediate", Validity::days(30), &[])
+            .unwrap();
+        write(&pki.path("clients/ca.pem"), &root.cert_pem());
+        let clients = Self { root, intermediate };
+        clients.publish(pki, &[]);
+        clients
+    }
+
+    /// A client certificate from the client intermediate, presented with it.
+    pub fn issue(&self, pki: &TestPki, name: &str) -> ServerCert {
+        pki.client_cert_from(&self.intermediate, name)
+    }
+
+    /// Publishes both client CRLs; the intermediate's revokes `revoked`.
+    pub fn publish(&self, pki: &TestPki, revoked: &[&ServerCert]) {
+        let serials: Vec<_> = revoked.iter().map(|c| &c.chain[0]).collect();
+        let both = crl(&self.intermediate, &serials, time::Duration::days(7))
+            + &crl(&self.root, &[], time::Duration::days(7));
+        write(&pki.path("clients/crl.pem"), &both);
+    }
+}
+
+/// A `[server.client_auth]` table for [`ClientPki`]'s files, for `config_text`'s `server_extra`.
+pub fn client_auth(mode: &str, extra: &str) -> String {
+    format!(
+        "\n[server.client_auth]\nca = \"clients/ca.pem\"\ncrl = \"clients/crl.pem\"\nmode = \"{mode}\"\n{extra}"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
 // Backends
 
 /// One request as a backend saw it.
@@ -597,6 +640,15 @@ impl Proxy {
     /// `https://localhost:<port><path>`
     pub fn url(&self, path: &str) -> String {
         format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// Reloads as SIGHUP does: off the runtime's threads, while connections go on.
+    pub async fn reload(&self) -> trustgate::reload::Outcome {
+        let reloader = self.reloader.clone();
+        tokio::task::spawn_blocking(move || reloader.reload())
+            .await
+            .unwrap()
+            .expect("reload applies")
     }
 
     /// Begins shutdown; `task` completes when the drain is over.
