@@ -453,11 +453,9 @@ async fn a_client_crl_reload_closes_revoked_clients_and_resumption_does_not_bypa
     let alice = clients.issue(&pki, "alice");
     let bob = clients.issue(&pki, "bob");
     let api = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
-    let text = config_text(
-        &client_auth("require", ""),
-        "",
-        &route_to("/api", "backend-api", &api),
-    );
+    let ws = websocket_backend(&pki).await;
+    let routes = route_to("/api", "backend-api", &api) + &route_to("/ws", "backend-ws", &ws);
+    let text = config_text(&client_auth("require", ""), "", &routes);
     let proxy = Proxy::start_with(&pki, &text).await;
     // One client config per person: its session cache is what resumption draws on.
     let alice_tls = Arc::new(pki.client_tls_with_cert(&[b"http/1.1"], &alice));
@@ -490,6 +488,13 @@ async fn a_client_crl_reload_closes_revoked_clients_and_resumption_does_not_bypa
         stream
     };
     let mut alice_conn = open(alice_tls.clone()).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let alice_ws = tokio_rustls::TlsConnector::from(alice_tls.clone())
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut alice_tunnel, _) = upgrade_to_websocket(alice_ws).await;
+    assert_echo(&mut alice_tunnel, "hi").await;
     let mut bob_conn = open(Arc::new(pki.client_tls_with_cert(&[b"http/1.1"], &bob))).await;
 
     clients.publish(&pki, &[&alice]);
@@ -507,6 +512,11 @@ async fn a_client_crl_reload_closes_revoked_clients_and_resumption_does_not_bypa
             "certificate revoked (serial 0x",
         ])
         .await;
+    // So is her WebSocket tunnel, which hyper no longer holds.
+    let read = tokio::time::timeout(Duration::from_secs(5), alice_tunnel.read(&mut buf))
+        .await
+        .expect("alice's tunnel closes");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     bob_conn
         .write_all(b"GET /api/still HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await

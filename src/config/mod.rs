@@ -319,11 +319,10 @@ impl Loader<'_> {
         let chain = self.check(&table.cert, "server.cert", chain);
         let private_key = tls::load_key(&key);
         let private_key = self.check(&table.key, "server.key", private_key);
-        let client_auth = table.client_auth.map(|auth| self.client_auth(auth));
-        let client_auth = match client_auth {
-            Some(None) => None,
-            Some(Some(auth)) => Some(Some(auth)),
+        // `None`: the table is there but wrong; `Some(None)`: no client auth.
+        let client_auth = match table.client_auth {
             None => Some(None),
+            Some(auth) => self.client_auth(auth).map(Some),
         };
         let verifier = client_auth
             .as_ref()

@@ -897,7 +897,12 @@ pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 /// Opens a WebSocket through the proxy; returns the socket and the 101 head, lowercased.
 pub async fn open_websocket(pki: &TestPki, proxy: &Proxy) -> (Tls, String) {
-    let mut tls = raw_tls(pki, proxy.addr).await;
+    upgrade_to_websocket(raw_tls(pki, proxy.addr).await).await
+}
+
+/// Asks for a WebSocket at `/ws/chat` on an open TLS connection to the proxy; returns it and the
+/// 101 head, lowercased.
+pub async fn upgrade_to_websocket(mut tls: Tls) -> (Tls, String) {
     tls.write_all(
         b"GET /ws/chat HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
