@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::UnixTime;
-use rustls::server::danger::ClientCertVerifier;
 use tracing::{info, warn};
 
 use crate::config::{ClientAuth, Config};
@@ -130,22 +129,17 @@ impl Generation {
 /// those that fail.
 fn recheck_clients(clients: &ClientPeers, auth: &ClientAuth) -> Vec<Arc<Peer>> {
     let now = UnixTime::now();
-    let severed = clients.peers.sever_failing(|verified| {
-        let Some((leaf, intermediates)) = verified.chain.split_first() else {
-            return Ok(());
-        };
-        auth.verifier
-            .verify_client_cert(leaf, intermediates, now)
-            .map(|_| ())
-    });
+    let severed = clients
+        .peers
+        .sever_failing(|verified| live::judge_client(&auth.verifier, verified, now));
     severed
         .into_iter()
         .map(|(peer, err)| {
             warn!(
                 peer = %peer.address,
                 reason = %reason::tls(&err, Side::Client),
-                "closed a client connection: its certificate no longer verifies under the reloaded \
-                 client trust"
+                "closed a client connection: it no longer passes the reloaded client trust (a revoked or \
+                 untrusted certificate, or none where one is now required)"
             );
             peer
         })

@@ -212,8 +212,9 @@ impl ClientPeers {
         self.current.store(verifier);
     }
 
-    /// Records a connection whose handshake verified `chain` with `accepted_with`; if the client
-    /// trust changed meanwhile, judges it under the current trust first.
+    /// Records a connection whose handshake verified `chain` (empty: no certificate, which
+    /// `optional` mode lets in) with `accepted_with`; if the client trust changed meanwhile,
+    /// judges it under the current trust first.
     pub fn admit(
         &self,
         peer: &Arc<Peer>,
@@ -226,18 +227,28 @@ impl ClientPeers {
         });
         self.peers.add(peer);
         let current = self.current.load();
-        match current.as_ref() {
-            Some(current) if !Arc::ptr_eq(current, accepted_with) => {
-                let Some((leaf, intermediates)) = peer.chain().and_then(|v| v.chain.split_first())
-                else {
-                    return Ok(());
-                };
-                current
-                    .verify_client_cert(leaf, intermediates, UnixTime::now())
-                    .map(|_| ())
+        match (current.as_ref(), peer.chain()) {
+            (Some(current), Some(verified)) if !Arc::ptr_eq(current, accepted_with) => {
+                judge_client(current, verified, UnixTime::now())
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// The client trust's verdict on a connection's chain: its certificate verifies, or it has none
+/// and `verifier` does not require one.
+pub fn judge_client(
+    verifier: &ClientVerifier,
+    verified: &Verified,
+    now: UnixTime,
+) -> Result<(), rustls::Error> {
+    match verified.chain.split_first() {
+        Some((leaf, intermediates)) => verifier
+            .verify_client_cert(leaf, intermediates, now)
+            .map(|_| ()),
+        None if verifier.client_auth_mandatory() => Err(rustls::Error::NoCertificatesPresented),
+        None => Ok(()),
     }
 }
 

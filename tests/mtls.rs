@@ -333,6 +333,38 @@ async fn optional_mode_lets_routes_demand_a_certificate() {
     );
     assert_eq!(seen[2].version, http::Version::HTTP_11);
 
+    // A reload to `require`: an open connection without a certificate is closed, alice's stays.
+    let keep_alive = |mut stream: Tls| async move {
+        stream
+            .write_all(b"GET /open/k HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        stream
+    };
+    let mut anonymous = keep_alive(raw_tls(&pki, proxy.addr).await).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let alice_tls = Arc::new(pki.client_tls_with_cert(&[b"http/1.1"], &alice));
+    let known = tokio_rustls::TlsConnector::from(alice_tls)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut known = keep_alive(known).await;
+    write(
+        &proxy.config_path,
+        &config_text(&client_auth("require", ""), "", &rest),
+    );
+    proxy.reload().await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), anonymous.read(&mut buf))
+        .await
+        .expect("the anonymous connection closes");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    known = keep_alive(known).await;
+    drop(known);
+
     // A route that demands a certificate needs a listener that can ask for one.
     let path = pki.path("no-auth.toml");
     write(&path, &config_text("", "", &rest));

@@ -392,8 +392,13 @@ impl Loader<'_> {
         let ((ca_files, anchors), crls, mandatory) = (anchors?, crls?, mandatory?);
         let verifier = tls::server::client_verifier(&anchors, &crls, mandatory);
         let verifier = self.check(&table.ca, "server.client_auth.ca", verifier)?;
+        let mode = if mandatory {
+            "client require"
+        } else {
+            "client optional"
+        };
         Some(ClientAuth {
-            trust_id: tls::client::trust_id(&anchors, &crls),
+            trust_id: tls::client::trust_id(&anchors, &crls, mode),
             ca_files,
             anchors,
             crls,
@@ -649,7 +654,7 @@ impl Loader<'_> {
         let verifier = tls::client::verifier(&anchors, &crls);
         let verifier = self.check(&table.ca, "upstream_tls.ca", verifier)?;
         Some(UpstreamTls {
-            trust_id: tls::client::trust_id(&anchors, &crls),
+            trust_id: tls::client::trust_id(&anchors, &crls, "upstream"),
             ca_files,
             anchors,
             crls,

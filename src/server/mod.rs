@@ -330,7 +330,9 @@ impl Connection {
         let (tcp, session) = tls.get_ref();
         let chain = session.peer_certificates().unwrap_or_default();
         let client_cert = ClientCert::from_chain(chain).map(Arc::new);
-        if let (Some((peers, accepted_with)), false) = (&settings.client_auth, chain.is_empty()) {
+        // Every connection is recorded, with or without a certificate: a reload to `require`
+        // closes those without one.
+        if let Some((peers, accepted_with)) = &settings.client_auth {
             let owned = chain.iter().map(|c| c.clone().into_owned()).collect();
             if let Err(e) = peers.admit(tcp.peer(), owned, accepted_with) {
                 info!(%peer, reason = %reason::tls(&e, Side::Client),

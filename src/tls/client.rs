@@ -99,10 +99,12 @@ pub fn config(
     })
 }
 
-/// Identifies what upstream connections are verified with: SHA-256 over the anchors, the CRLs
-/// and the revocation policy.
-pub fn trust_id(anchors: &[CertificateDer<'static>], crls: &CrlSet) -> [u8; 32] {
+/// Identifies what connections are verified with: SHA-256 over the anchors, the CRLs, the
+/// revocation policy and `rules` (anything else the verifier decides by, such as a client-auth
+/// mode).
+pub fn trust_id(anchors: &[CertificateDer<'static>], crls: &CrlSet, rules: &str) -> [u8; 32] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(rules.as_bytes());
     for anchor in anchors {
         context.update(&(anchor.len() as u64).to_be_bytes());
         context.update(anchor);
