@@ -3,11 +3,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::connection::ConnectionInfo;
 use crate::generation::Generation;
@@ -19,6 +21,8 @@ pub struct Gateway {
     server: TlsServer,
     current: Arc<ArcSwap<Generation>>,
     reloader: Arc<Reloader>,
+    /// Set once shutdown begins: the admin listener's `/readyz` turns 503.
+    draining: Arc<AtomicBool>,
 }
 
 impl Gateway {
@@ -53,12 +57,24 @@ impl Gateway {
             server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace),
             reloader: Arc::new(Reloader::new(config, current.clone())),
             current,
+            draining: Arc::default(),
         }
     }
 
     /// Reloads the configuration now, as SIGHUP does (see [`crate::reload`]).
     pub fn reloader(&self) -> Arc<Reloader> {
         self.reloader.clone()
+    }
+
+    /// Serves the admin endpoints ([`crate::admin`]) on `listener` until the task is aborted.
+    pub fn spawn_admin(&self, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(admin::serve(
+            listener,
+            AdminState {
+                reloader: self.reloader.clone(),
+                draining: self.draining.clone(),
+            },
+        ))
     }
 
     /// Serves on `listener` (bound by the caller, so tests can use an ephemeral port) until
@@ -71,6 +87,11 @@ impl Gateway {
             // The request keeps the generation it started with to its end.
             let generation = current.load_full();
             async move { generation.proxy.handle(req, &info).await }
+        };
+        let draining = self.draining;
+        let shutdown = async move {
+            shutdown.await;
+            draining.store(true, Ordering::Relaxed);
         };
         self.server.serve(listener, handler, shutdown).await;
         reloads.abort();

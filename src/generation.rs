@@ -34,6 +34,8 @@ pub struct Generation {
     /// The public listener's TLS config and the clocks of each new connection.
     pub connections: PerConnection,
     pub proxy: Proxy,
+    /// `[admin] token_file`'s token: the admin listener checks each request against it.
+    pub admin_token: Option<Arc<str>>,
     /// Every pool this generation uses, for the next generation to keep what did not change.
     pools: HashMap<PoolKey, Arc<Pool>>,
     /// What upstream connections are verified with, to tell whether a reload changes it.
@@ -117,6 +119,7 @@ impl Generation {
                 &config.limits,
                 client_auth.is_some_and(|auth| auth.forward_chain),
             ),
+            admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
             pools,
             upstream_trust: upstream.trust_id,
             client_trust,

@@ -31,8 +31,10 @@
 //! - [`pki`] runs the internal CA (offline root, constrained intermediate, one leaf per service);
 //!   the demo and the tests make their certificates with it too.
 //! - [`audit`] finds the deployment mistakes that undo the trust model.
+//! - [`admin`] serves health, readiness and reloads on the operators' own listener.
 //! - [`echo`] and [`demo`] are the example backend and the one-command quickstart.
 
+pub mod admin;
 pub mod audit;
 pub mod body;
 pub mod config;

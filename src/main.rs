@@ -60,10 +60,20 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             for warning in &config.warnings {
                 tracing::warn!(%warning, "configuration");
             }
-            tracing::info!(%listen, routes = config.routes.len(), "trustgate listening");
-            Gateway::new(&config)
-                .serve(listener, shutdown_signal())
-                .await;
+            let admin = match &config.admin {
+                Some(admin) => Some(TcpListener::bind(admin.listen).await.with_context(|| {
+                    format!("cannot listen on {} ([admin] listen)", admin.listen)
+                })?),
+                None => None,
+            };
+            let bound = listener.local_addr().unwrap_or(listen);
+            tracing::info!(listen = %bound, routes = config.routes.len(), "trustgate listening");
+            let gateway = Gateway::new(&config);
+            let admin = admin.map(|listener| gateway.spawn_admin(listener));
+            gateway.serve(listener, shutdown_signal()).await;
+            if let Some(admin) = admin {
+                admin.abort();
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => match Config::load(&config) {

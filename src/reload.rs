@@ -45,6 +45,7 @@ struct Fixed {
     max_connections: usize,
     max_connections_per_ip: usize,
     upstream_per_ip: usize,
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 impl Fixed {
@@ -55,6 +56,7 @@ impl Fixed {
             max_connections: config.server.max_connections,
             max_connections_per_ip: config.limits.max_connections_per_ip,
             upstream_per_ip: config.limits.upstream_per_ip,
+            admin_listen: config.admin.as_ref().map(|a| a.listen),
         }
     }
 
@@ -98,6 +100,14 @@ impl Fixed {
             "limits.upstream_per_ip",
             self.upstream_per_ip.to_string(),
             new.upstream_per_ip.to_string(),
+        );
+        let admin = |listen: Option<std::net::SocketAddr>| {
+            listen.map_or_else(|| "none".to_owned(), |a| a.to_string())
+        };
+        differs(
+            "admin.listen",
+            admin(self.admin_listen),
+            admin(new.admin_listen),
         );
         problems
     }

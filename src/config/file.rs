@@ -18,6 +18,15 @@ pub(super) struct ConfigFile {
     pub(super) limits: LimitsTable,
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteEntry>,
+    pub(super) admin: Option<AdminTable>,
+}
+
+/// `[admin]`: the operators' listener, plain HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminTable {
+    pub(super) listen: Spanned<String>,
+    pub(super) token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

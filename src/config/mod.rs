@@ -40,6 +40,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub routes: RouteTable,
+    /// `[admin]`: the operators' listener, if any.
+    pub admin: Option<Admin>,
     /// What loads but deserves attention (a CRL close to its nextUpdate, an expired one in use
     /// under `crl_expired = "allow"`): printed by `check`, logged at startup and reload.
     pub warnings: Vec<String>,
@@ -63,6 +65,19 @@ pub struct Server {
     /// `[server.client_auth]`: client certificates, when asked for.
     pub client_auth: Option<ClientAuth>,
 }
+
+/// `[admin]`: health, readiness and reloads for operators, on its own plain-HTTP listener that
+/// shares nothing with the public one.
+#[derive(Debug)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    /// Every request must carry `Authorization: Bearer <token>` when set.
+    pub token: Option<Arc<str>>,
+}
+
+/// The shortest admin token accepted: guessing it must be out of reach.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// `[server.client_auth]`: the anchors and CRLs client certificates are verified against,
 /// never the upstream CA unless named here too.
@@ -235,6 +250,7 @@ impl Config {
             files.push(identity.cert_file.clone());
             files.push(identity.key_file.clone());
         }
+        files.extend(self.admin.iter().filter_map(|a| a.token_file.clone()));
         let mut seen = std::collections::HashSet::new();
         files.retain(|file| seen.insert(file.clone()));
         files
@@ -283,6 +299,7 @@ impl Loader<'_> {
         let limits = self.limits(&file.limits);
         let default_identity = upstream_tls.as_ref().and_then(|u| u.identity.clone());
         let routes = self.routes(file.routes, default_identity, client_auth_on);
+        let admin = file.admin.map(|table| self.admin(table));
         Some(Config {
             path: self.path.to_path_buf(),
             server: server?,
@@ -290,6 +307,10 @@ impl Loader<'_> {
             timeouts,
             limits,
             routes: routes?,
+            admin: match admin {
+                None => None,
+                Some(admin) => Some(admin?),
+            },
             warnings: std::mem::take(&mut self.warnings),
         })
     }
@@ -369,6 +390,55 @@ impl Loader<'_> {
             max_connections: max_connections? as usize,
             watch: table.watch.unwrap_or(true),
             client_auth: client_auth?,
+        })
+    }
+
+    fn admin(&mut self, table: file::AdminTable) -> Option<Admin> {
+        let listen = table.listen.get_ref().parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{:?} is not an address:port such as \"127.0.0.1:9901\"",
+                table.listen.get_ref()
+            )
+        });
+        let listen = self.check(&table.listen, "admin.listen", listen)?;
+        let Some(raw) = &table.token_file else {
+            if !listen.ip().is_loopback() {
+                self.report(
+                    Some(table.listen.span()),
+                    Some("admin.listen".into()),
+                    format!(
+                        "{listen} is not a loopback address: set admin.token_file so that every \
+                         request must carry the token, or listen on 127.0.0.1"
+                    ),
+                );
+                return None;
+            }
+            return Some(Admin {
+                listen,
+                token_file: None,
+                token: None,
+            });
+        };
+        let path = self.resolve(raw.get_ref());
+        let token = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| {
+                let token = text.trim();
+                if token.len() < MIN_ADMIN_TOKEN || token.chars().any(|c| c.is_whitespace()) {
+                    Err(format!(
+                        "{} must hold one token of at least {MIN_ADMIN_TOKEN} characters without \
+                         spaces (e.g. openssl rand -hex 32)",
+                        path.display()
+                    ))
+                } else {
+                    Ok(Arc::<str>::from(token))
+                }
+            });
+        let token = self.check(raw, "admin.token_file", token)?;
+        Some(Admin {
+            listen,
+            token_file: Some(path),
+            token: Some(token),
         })
     }
 

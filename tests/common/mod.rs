@@ -600,6 +600,8 @@ pub struct Proxy {
     pub config_path: PathBuf,
     /// Reloads the config at `config_path`, as SIGHUP does.
     pub reloader: Arc<trustgate::reload::Reloader>,
+    /// The admin listener's address, when the config has `[admin]` (bound on an ephemeral port).
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -625,6 +627,15 @@ impl Proxy {
         let (stop, stopped) = oneshot::channel::<()>();
         let gateway = trustgate::Gateway::new(&config);
         let reloader = gateway.reloader();
+        let admin = match config.admin {
+            Some(_) => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                gateway.spawn_admin(listener);
+                Some(addr)
+            }
+            None => None,
+        };
         let task = tokio::spawn(gateway.serve(listener, async {
             let _ = stopped.await;
         }));
@@ -632,6 +643,7 @@ impl Proxy {
             addr,
             config_path,
             reloader,
+            admin,
             stop: Some(stop),
             task: Some(task),
         }

@@ -1,0 +1,275 @@
+//! The admin listener: health, readiness through shutdown, reloads with their outcome, the
+//! bearer token, the config rules, and a caller that stalls. Plain HTTP on loopback, spoken by
+//! hand so every byte is the test's.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::*;
+
+/// One request with `Connection: close`; the status and the body.
+async fn call(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{headers}\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_close(&mut tcp, Duration::from_secs(10)).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+const ROUTE: &str = "[[route]]\nprefix = \"/api\"\nupstream = \"https://backend-api:8443/\"\n";
+
+#[tokio::test]
+async fn health_readiness_and_reloads() {
+    let pki = TestPki::new();
+    let text = |routes: &str| {
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:9901\"\n",
+            config_text("", "", routes)
+        )
+    };
+    let mut proxy = Proxy::start_with(&pki, &text(ROUTE)).await;
+    let admin = proxy.admin.expect("admin listener");
+
+    assert_eq!(
+        call(admin, "GET", "/healthz", "").await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        call(admin, "GET", "/readyz", "").await,
+        (200, "ready: generation 1\n".into())
+    );
+    assert_eq!(
+        call(admin, "POST", "/reload", "").await,
+        (200, "generation 1: nothing changed\n".into())
+    );
+    write(
+        &proxy.config_path,
+        &text(&format!(
+            "{ROUTE}[[route]]\nprefix = \"/b\"\nupstream = \"https://b:8443/\"\n"
+        )),
+    );
+    let (status, body) = call(admin, "POST", "/reload", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("generation 2: routes +/b -> https://b:8443/"),
+        "{body}"
+    );
+
+    // A broken config: 422 with check's `file:line: key: reason`, and generation 2 keeps serving.
+    write(
+        &proxy.config_path,
+        &text("[[route]]\nprefix = \"api\"\nupstream = \"https://b:8443/\"\n"),
+    );
+    let (status, body) = call(admin, "POST", "/reload", "").await;
+    assert_eq!(status, 422, "{body}");
+    let file = proxy.config_path.display().to_string();
+    assert!(
+        body.contains(&file)
+            && body.contains("route[0].prefix")
+            && body.contains("must start with '/'"),
+        "{body}"
+    );
+    assert_eq!(
+        call(admin, "GET", "/readyz", "").await,
+        (200, "ready: generation 2\n".into())
+    );
+
+    assert_eq!(call(admin, "GET", "/reload", "").await.0, 405);
+    assert_eq!(call(admin, "DELETE", "/healthz", "").await.0, 405);
+    assert_eq!(
+        call(admin, "GET", "/api/x", "").await.0,
+        404,
+        "no proxy routes here"
+    );
+
+    proxy.shutdown();
+    let mut draining = false;
+    for _ in 0..100 {
+        if call(admin, "GET", "/readyz", "").await == (503, "draining\n".into()) {
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(draining, "readyz never turned 503 during shutdown");
+    assert_eq!(call(admin, "GET", "/healthz", "").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_token_guards_every_endpoint() {
+    let pki = TestPki::new();
+    let token = "0123456789abcdef0123456789abcdef";
+    write(&pki.path("admin/token"), &format!("{token}\n"));
+    let text = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \"admin/token\"\n",
+        config_text("", "", ROUTE)
+    );
+    let proxy = Proxy::start_with(&pki, &text).await;
+    let admin = proxy.admin.unwrap();
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(call(admin, "GET", path, "").await.0, 401, "{path}");
+        assert_eq!(call(admin, "GET", path, &bearer).await.0, 200, "{path}");
+    }
+    assert_eq!(call(admin, "POST", "/reload", "").await.0, 401);
+    assert_eq!(
+        call(
+            admin,
+            "POST",
+            "/reload",
+            "Authorization: Bearer 0123456789abcdef0123456789abcdeF\r\n"
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(
+            admin,
+            "POST",
+            "/reload",
+            &format!("Authorization: bearer {token}\r\n")
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        call(admin, "POST", "/reload", &format!("{bearer}{bearer}"))
+            .await
+            .0,
+        401,
+        "two tokens"
+    );
+    assert_eq!(call(admin, "POST", "/reload", &bearer).await.0, 200);
+
+    // The token rotates by reload like any file.
+    let new = "fedcba9876543210fedcba9876543210";
+    write(&pki.path("admin/token"), new);
+    assert_eq!(call(admin, "POST", "/reload", &bearer).await.0, 200);
+    assert_eq!(call(admin, "GET", "/healthz", &bearer).await.0, 401);
+    assert_eq!(
+        call(
+            admin,
+            "GET",
+            "/healthz",
+            &format!("Authorization: Bearer {new}\r\n")
+        )
+        .await
+        .0,
+        200
+    );
+}
+
+#[test]
+fn admin_config_mistakes_are_named() {
+    let pki = TestPki::new();
+    write(&pki.path("short"), "abc");
+    let cases = [
+        (
+            "listen = \"0.0.0.0:9901\"",
+            "admin.listen",
+            "not a loopback address: set admin.token_file",
+        ),
+        (
+            "listen = \"localhost:9901\"",
+            "admin.listen",
+            "is not an address:port",
+        ),
+        (
+            "listen = \"127.0.0.1:9901\"\ntoken_file = \"short\"",
+            "admin.token_file",
+            "at least 16 characters",
+        ),
+        (
+            "listen = \"127.0.0.1:9901\"\ntoken_file = \"missing\"",
+            "admin.token_file",
+            "cannot read",
+        ),
+        (
+            "listen = \"127.0.0.1:9901\"\nport = 1",
+            "admin.port",
+            "unknown field",
+        ),
+    ];
+    for (admin, key, reason) in cases {
+        let path = pki.path("admin.toml");
+        write(
+            &path,
+            &format!("{}\n[admin]\n{admin}\n", config_text("", "", ROUTE)),
+        );
+        let err = trustgate::Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains(key) && err.contains(reason), "{admin}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn moving_the_admin_listener_takes_a_restart() {
+    let pki = TestPki::new();
+    let with = |listen: &str| {
+        format!(
+            "{}\n[admin]\nlisten = \"{listen}\"\n",
+            config_text("", "", ROUTE)
+        )
+    };
+    let proxy = Proxy::start_with(&pki, &with("127.0.0.1:9901")).await;
+    write(&proxy.config_path, &with("127.0.0.1:9902"));
+    let err = proxy.reloader.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("admin.listen") && err.contains("takes a restart"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_stalls_is_cut_off() {
+    let pki = TestPki::new();
+    let text = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:9901\"\n",
+        config_text("", "", ROUTE)
+    );
+    let proxy = Proxy::start_with(&pki, &text).await;
+    let admin = proxy.admin.unwrap();
+    // Half a request head, then nothing: the listener closes it after its head timeout (10 s).
+    let mut stalled = TcpStream::connect(admin).await.unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    // Whatever hyper says first (a 408), the connection ends: a read returns 0 or fails.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, stalled.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a stalled admin caller was not cut off"),
+        }
+    }
+    // More stalled callers than the listener serves at once do not shut out a real one for
+    // longer than the head timeout.
+    let mut crowd = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(b"GET /").await.unwrap();
+        crowd.push(tcp);
+    }
+    let answered =
+        tokio::time::timeout(Duration::from_secs(15), call(admin, "GET", "/healthz", "")).await;
+    assert_eq!(answered.expect("served within the head timeout").0, 200);
+}
