@@ -7,6 +7,7 @@
 //!
 //! | endpoint | answer |
 //! | --- | --- |
+//! | `GET /metrics` | Prometheus text ([`crate::metrics`]); OpenMetrics when `Accept` asks for it |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 while the proxy accepts; 503 once it drains after SIGTERM |
 //! | `POST /reload` | the reload SIGHUP runs: 200 with the generation, or 422 with the problems |
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::reload::{Outcome, Reloader};
 
 /// Admin connections served at once; more wait in the accept queue.
@@ -39,6 +41,7 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
     /// Set when the proxy stops accepting (SIGTERM): `/readyz` turns 503.
     pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves the admin endpoints on `listener` until the task is aborted.
@@ -102,13 +105,35 @@ async fn respond(req: Request<Incoming>, state: &AdminState) -> Response<Full<By
             StatusCode::OK,
             format!("ready: generation {}\n", current.number),
         ),
+        (&Method::GET, "/metrics") => metrics(&req, state),
         (&Method::POST, "/reload") => reload(state).await,
-        (_, "/healthz" | "/readyz" | "/reload") => text(
+        (_, "/healthz" | "/readyz" | "/reload" | "/metrics") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "405 Method Not Allowed\n".into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "404 Not Found\n".into()),
     }
+}
+
+/// Prometheus text, or OpenMetrics when the scraper asks for it.
+fn metrics(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let openmetrics = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let mut response = text(StatusCode::OK, state.metrics.encode(openmetrics));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// The same reload as SIGHUP, off the runtime's threads.

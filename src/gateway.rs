@@ -13,6 +13,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::connection::ConnectionInfo;
 use crate::generation::Generation;
+use crate::metrics::Metrics;
 use crate::reload::{self, Reloader};
 use crate::server::admission::{self, DescriptorBudget};
 use crate::server::{AdmissionLimits, TlsServer};
@@ -23,6 +24,7 @@ pub struct Gateway {
     reloader: Arc<Reloader>,
     /// Set once shutdown begins: the admin listener's `/readyz` turns 503.
     draining: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gateway {
@@ -50,14 +52,19 @@ impl Gateway {
             limits.max_connections = budget.clients;
             limits.upstream_total = budget.upstreams;
         }
-        let current = Arc::new(ArcSwap::from_pointee(Generation::build(config, 1, None)));
+        let metrics = Arc::new(Metrics::new());
+        let current = Arc::new(ArcSwap::from_pointee(Generation::build(
+            config, 1, None, &metrics,
+        )));
+        metrics.serving(config, 1);
         let source = current.clone();
         let settings = Arc::new(move || source.load().connections.clone());
         Self {
             server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace),
-            reloader: Arc::new(Reloader::new(config, current.clone())),
+            reloader: Arc::new(Reloader::new(config, current.clone(), metrics.clone())),
             current,
             draining: Arc::default(),
+            metrics,
         }
     }
 
@@ -73,6 +80,7 @@ impl Gateway {
             AdminState {
                 reloader: self.reloader.clone(),
                 draining: self.draining.clone(),
+                metrics: self.metrics.clone(),
             },
         ))
     }

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::{ClientAuth, Config};
 use crate::live::{self, ClientPeers, Peer};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::PerConnection;
 use crate::tls::reason::{self, Side};
@@ -50,7 +51,12 @@ impl Generation {
     /// Builds generation `number` from `config`. Pools whose upstream, address, client identity
     /// and timeouts are unchanged from `previous` are kept, warm connections and all. When the
     /// upstream or client trust changed, open connections are judged again first.
-    pub fn build(config: &Config, number: u64, previous: Option<&Generation>) -> Self {
+    pub fn build(
+        config: &Config,
+        number: u64,
+        previous: Option<&Generation>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let upstream = &config.upstream_tls;
         let retrust = previous.filter(|p| p.upstream_trust != upstream.trust_id);
         // New handshakes in every old pool use the new trust before open connections are judged,
@@ -111,6 +117,7 @@ impl Generation {
                 &config.timeouts,
                 &config.limits,
                 client_auth.map(|auth| (clients.clone(), auth.verifier.clone())),
+                Some(metrics.clone()),
             ),
             proxy: Proxy::new(
                 config.routes.clone(),
@@ -118,6 +125,7 @@ impl Generation {
                 &config.timeouts,
                 &config.limits,
                 client_auth.is_some_and(|auth| auth.forward_chain),
+                metrics,
             ),
             admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
             pools,

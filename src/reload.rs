@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, Problem};
 use crate::generation::Generation;
+use crate::metrics::Metrics;
 use crate::pki::inspect::{CertInfo, rfc3339};
 use crate::watch::FolderWatch;
 
@@ -268,16 +269,18 @@ pub struct Reloader {
     fixed: Fixed,
     /// What the serving generation was built from; the lock also makes reloads single-flight.
     serving: Mutex<Facts>,
+    metrics: Arc<Metrics>,
 }
 
 impl Reloader {
     /// For a gateway started from `config`, whose generation is `current`.
-    pub fn new(config: &Config, current: Arc<ArcSwap<Generation>>) -> Self {
+    pub fn new(config: &Config, current: Arc<ArcSwap<Generation>>, metrics: Arc<Metrics>) -> Self {
         Self {
             path: config.path.clone(),
             current,
             fixed: Fixed::of(config),
             serving: Mutex::new(Facts::of(config)),
+            metrics,
         }
     }
 
@@ -293,9 +296,16 @@ impl Reloader {
             Ok(Outcome::Applied {
                 generation,
                 changes,
-            }) => info!(generation, %changes, "reload applied"),
-            Ok(Outcome::Unchanged) => info!("reload: nothing changed"),
+            }) => {
+                self.metrics.reloaded("applied");
+                info!(generation, %changes, "reload applied");
+            }
+            Ok(Outcome::Unchanged) => {
+                self.metrics.reloaded("unchanged");
+                info!("reload: nothing changed");
+            }
             Err(e) => {
+                self.metrics.reloaded("refused");
                 for problem in &e.problems {
                     error!(%problem, "reload refused; the previous configuration keeps serving");
                 }
@@ -325,9 +335,11 @@ impl Reloader {
             facts.inputs = before;
         }
         let previous = self.current.load_full();
-        let generation = Generation::build(&config, previous.number + 1, Some(&previous));
+        let generation =
+            Generation::build(&config, previous.number + 1, Some(&previous), &self.metrics);
         let number = generation.number;
         self.current.store(Arc::new(generation));
+        self.metrics.serving(&config, number);
         let changes = format!(
             "{} (built in {} ms)",
             serving.changes_to(&facts),

@@ -18,7 +18,7 @@ async fn call(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{headers}\r\n");
     tcp.write_all(request.as_bytes()).await.unwrap();
-    let answer = read_until_close(&mut tcp, Duration::from_secs(10)).await;
+    let answer = read_until_close(&mut tcp, Duration::from_secs(25)).await;
     let status = answer
         .split(' ')
         .nth(1)
@@ -270,6 +270,191 @@ async fn a_caller_that_stalls_is_cut_off() {
         crowd.push(tcp);
     }
     let answered =
-        tokio::time::timeout(Duration::from_secs(15), call(admin, "GET", "/healthz", "")).await;
+        tokio::time::timeout(Duration::from_secs(25), call(admin, "GET", "/healthz", "")).await;
     assert_eq!(answered.expect("served within the head timeout").0, 200);
+}
+
+/// `/metrics` parsed by a Prometheus text parser.
+async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let (status, body) = call(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition")
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?}: {} samples",
+        matching.len()
+    );
+    matching.first().map(|s| match &s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+        }
+        prometheus_parse::Value::Summary(_) => f64::NAN,
+    })
+}
+
+#[tokio::test]
+async fn metrics_count_requests_and_follow_the_generation() {
+    let pki = TestPki::new();
+    let api = Backend::recording(&pki.leaf(&["backend-api"]), &[b"http/1.1"], "api").await;
+    let routes = route_to("/api", "backend-api", &api);
+    let with = |routes: &str| {
+        format!(
+            "{}\n[admin]\nlisten = \"127.0.0.1:9901\"\n",
+            config_text("", "", routes)
+        )
+    };
+    let proxy = Proxy::start_with(&pki, &with(&routes)).await;
+    let admin = proxy.admin.unwrap();
+    let client = client(&pki, false);
+    for _ in 0..3 {
+        assert_eq!(
+            get(&client, &proxy.url("/api/x")).await.status,
+            http::StatusCode::OK
+        );
+    }
+    assert_eq!(
+        get(&client, &proxy.url("/nope")).await.status,
+        http::StatusCode::NOT_FOUND
+    );
+
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.docs.get("trustgate_requests_total").map(String::is_empty),
+        Some(false),
+        "{:?}",
+        m.docs.keys()
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_requests_total",
+            &[("route", "/api"), ("code", "200")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_requests_total",
+            &[("route", "-"), ("code", "404")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_request_duration_seconds_count",
+            &[("route", "/api")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(sample(&m, "trustgate_config_generation", &[]), Some(1.0));
+    assert_eq!(
+        sample(&m, "trustgate_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &m,
+            "trustgate_client_tls_handshakes_total",
+            &[("result", "ok"), ("kind", "full")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(sample(&m, "trustgate_client_connections", &[]).is_some());
+    let public = trustgate::pki::inspect::CertInfo::parse(
+        &std::fs::read(pki.path("public/fullchain.pem"))
+            .map(|pem| {
+                rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+                    .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+                    .unwrap()
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_cert_not_after_timestamp_seconds",
+            &[("role", "public"), ("serial", &public.serial)]
+        ),
+        Some(public.not_after.unix_timestamp() as f64)
+    );
+    let root = trustgate::pki::inspect::CertInfo::parse(pki.root.cert()).unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_cert_not_after_timestamp_seconds",
+            // By serial: this parser splits label values on '=' and ',' (a subject holds both).
+            &[("role", "anchor"), ("serial", &root.serial)]
+        ),
+        Some(root.not_after.unix_timestamp() as f64)
+    );
+
+    // A refused reload, then one that replaces /api by /other: the series follow.
+    write(&proxy.config_path, "not toml [");
+    assert_eq!(call(admin, "POST", "/reload", "").await.0, 422);
+    let m = scrape(admin).await;
+    assert_eq!(
+        sample(&m, "trustgate_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_config_reloads_total",
+            &[("result", "refused")]
+        ),
+        Some(1.0)
+    );
+    write(
+        &proxy.config_path,
+        &with(&route_to("/other", "backend-api", &api)),
+    );
+    assert_eq!(call(admin, "POST", "/reload", "").await.0, 200);
+    let m = scrape(admin).await;
+    assert_eq!(sample(&m, "trustgate_config_generation", &[]), Some(2.0));
+    assert_eq!(
+        sample(&m, "trustgate_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    assert!(
+        !m.samples
+            .iter()
+            .any(|s| s.labels.get("route") == Some("/api")),
+        "a removed route's series stayed"
+    );
+
+    // OpenMetrics for a scraper that asks for it.
+    let (status, body) = call(
+        admin,
+        "GET",
+        "/metrics",
+        "Accept: application/openmetrics-text; version=1.0.0\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
 }

@@ -22,6 +22,7 @@ use self::headers::Forwarding;
 use crate::body::{Streamed, UploadPace, UpstreamBody};
 use crate::config::{Limits, Timeouts};
 use crate::connection::ConnectionInfo;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::{self, Route, RouteTable};
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::upstream::Pool;
@@ -31,6 +32,7 @@ use crate::upstream::Pool;
 struct Target {
     pool: Arc<Pool>,
     label: Arc<str>,
+    metrics: RouteMetrics,
 }
 
 /// A response body: the upstream's, streamed, or a short one of our own.
@@ -48,6 +50,8 @@ pub struct Proxy {
     tunnel_idle: Duration,
     /// `[server.client_auth] forward_chain`: send `Client-Cert-Chain` too.
     forward_chain: bool,
+    /// Where requests no route matches are counted (`route="-"`).
+    unrouted: RouteMetrics,
 }
 
 impl Proxy {
@@ -58,6 +62,7 @@ impl Proxy {
         timeouts: &Timeouts,
         limits: &Limits,
         forward_chain: bool,
+        metrics: &Arc<Metrics>,
     ) -> Self {
         debug_assert_eq!(routes.len(), pools.len());
         let targets = routes
@@ -66,6 +71,7 @@ impl Proxy {
             .map(|(route, pool)| Target {
                 pool,
                 label: Arc::from(route.prefix.as_str()),
+                metrics: metrics.route(route.prefix.as_str()),
             })
             .collect();
         Self {
@@ -78,6 +84,7 @@ impl Proxy {
             },
             tunnel_idle: timeouts.tunnel_idle,
             forward_chain,
+            unrouted: metrics.route("-"),
         }
     }
 
@@ -100,6 +107,7 @@ impl Proxy {
             client_cert: conn.client_cert.as_deref().map(|c| c.subject.as_str()),
             started: Instant::now(),
             status: None,
+            metrics: found.map_or(&self.unrouted, |(i, _)| &self.targets[i].metrics),
         };
         headers::join_cookies(req.headers_mut());
         // Requests that must never pass are refused before routing, so their status does not
@@ -326,16 +334,19 @@ struct AccessLog<'a> {
     client_cert: Option<&'a str>,
     started: Instant,
     status: Option<StatusCode>,
+    metrics: &'a RouteMetrics,
 }
 
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
+        let status = self.status.map_or(499, |s| s.as_u16());
+        self.metrics.observe(status, self.started.elapsed());
         info!(
             target: "trustgate::access",
             peer = %self.peer,
             method = %self.method,
             path = %self.uri.path(),
-            status = self.status.map_or(499, |s| s.as_u16()),
+            status,
             route = %self.route,
             client_cert = self.client_cert.map(tracing::field::display),
             elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,

@@ -32,6 +32,7 @@ use crate::connection::{ClientCert, UpstreamTurns};
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
 use crate::io::OnRead;
 use crate::live::{ClientPeers, Severable};
+use crate::metrics::Metrics;
 use crate::tls::reason::{self, Side};
 use crate::tls::verify::ClientVerifier;
 
@@ -78,6 +79,8 @@ pub struct PerConnection {
     /// With client auth: where connections with a verified client certificate are recorded, so
     /// a change of client trust can judge them again, and the verifier `tls` uses.
     pub client_auth: Option<(Arc<ClientPeers>, Arc<ClientVerifier>)>,
+    /// The proxy's metrics (client connections and handshakes); `None` for backends.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl PerConnection {
@@ -86,10 +89,12 @@ impl PerConnection {
         timeouts: &Timeouts,
         limits: &Limits,
         client_auth: Option<(Arc<ClientPeers>, Arc<ClientVerifier>)>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Self {
             tls,
             client_auth,
+            metrics,
             clocks: Clocks {
                 client_header: timeouts.client_header,
                 idle: timeouts.idle,
@@ -134,7 +139,7 @@ impl TlsServer {
         let limits = Limits::default();
         let admission = AdmissionLimits::new(&limits, crate::config::DEFAULT_MAX_CONNECTIONS);
         Self::with_settings(
-            Arc::new(move || PerConnection::new(tls(), &timeouts, &limits, None)),
+            Arc::new(move || PerConnection::new(tls(), &timeouts, &limits, None, None)),
             admission,
             shutdown_grace,
         )
@@ -300,7 +305,14 @@ impl Connection {
         let clocks = settings.clocks;
         let activity = Activity::new(accepted);
         let tcp = Severable::new(tcp, peer);
-        let tls = match tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await {
+        let _open = settings.metrics.as_ref().map(|m| m.client_connection());
+        let handshake = tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await;
+        if let Some(metrics) = &settings.metrics {
+            let resumed = matches!(&handshake, Ok(Ok(tls))
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+            metrics.client_handshake(matches!(handshake, Ok(Ok(_))), resumed);
+        }
+        let tls = match handshake {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 let refused = e

@@ -1,0 +1,412 @@
+//! Prometheus metrics, served by the admin listener's `/metrics`.
+//!
+//! Names and labels are a contract (dashboards and alerts depend on them). The request path
+//! touches only handles resolved when a generation is built ([`RouteMetrics`]): a request does an
+//! atomic add and one histogram observation, with no label hashing after its route's first
+//! request with a given status. Series that belong to the configuration (certificates, CRLs, the
+//! generation) are computed at scrape time from the snapshot of the serving configuration
+//! ([`ConfigSeries`]), so what a reload removes disappears from `/metrics`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::Config;
+use crate::pki::inspect::CertInfo;
+
+/// Request latency buckets, seconds: few, as the contract asks.
+const LATENCY_BUCKETS: [f64; 8] = [0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 60.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    result: &'static str,
+    kind: &'static str,
+}
+
+type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric of one proxy.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: HistogramFamily,
+    client_connections: Gauge,
+    client_handshakes: Family<HandshakeLabels, Counter>,
+    reloads: Family<ResultLabel, Counter>,
+    state: Arc<State>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// What the collector reads at scrape time.
+#[derive(Debug, Default)]
+struct State {
+    generation: AtomicU64,
+    /// 1 when the last reload applied (or nothing needed applying), 0 when it was refused.
+    last_reload_ok: AtomicU64,
+    /// Seconds since the epoch of the last successful load or reload.
+    last_success: AtomicU64,
+    config: ArcSwapOption<ConfigSeries>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trustgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route prefix (\"-\": none matched) and status",
+            requests.clone(),
+        );
+        let durations: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "From request head to response head, by route",
+            durations.clone(),
+        );
+        let client_connections = Gauge::default();
+        registry.register(
+            "client_connections",
+            "Client connections open now",
+            client_connections.clone(),
+        );
+        let client_handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "client_tls_handshakes",
+            "TLS handshakes on the public listener, by result and kind (full or resumed)",
+            client_handshakes.clone(),
+        );
+        let reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Reloads by result: applied, unchanged or refused",
+            reloads.clone(),
+        );
+        let state = Arc::new(State {
+            last_reload_ok: AtomicU64::new(1),
+            ..State::default()
+        });
+        registry.register_collector(Box::new(ConfigCollector(state.clone())));
+        Self {
+            registry,
+            requests,
+            durations,
+            client_connections,
+            client_handshakes,
+            reloads,
+            state,
+        }
+    }
+
+    /// The handles one route's requests record through (`"-"`: requests no route matched).
+    pub fn route(self: &Arc<Self>, prefix: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: prefix.to_owned(),
+        };
+        RouteMetrics {
+            metrics: self.clone(),
+            route: prefix.into(),
+            codes: (100..600).map(|_| OnceLock::new()).collect(),
+            duration: self.durations.get_or_create_owned(&label),
+        }
+    }
+
+    /// A generation built from `config` now serves: its number and its certificates and CRLs
+    /// become the series of `/metrics`; series of routes it no longer has are removed.
+    pub fn serving(&self, config: &Config, generation: u64) {
+        let series = ConfigSeries::of(config);
+        if let Some(previous) = self.state.config.load_full() {
+            for gone in previous
+                .routes
+                .iter()
+                .filter(|r| !series.routes.contains(r))
+            {
+                self.forget_route(gone);
+            }
+        }
+        self.state.generation.store(generation, Ordering::Relaxed);
+        self.state.config.store(Some(Arc::new(series)));
+        self.state.last_reload_ok.store(1, Ordering::Relaxed);
+        self.state.last_success.store(now_secs(), Ordering::Relaxed);
+    }
+
+    /// A reload ended: `applied`, `unchanged` or `refused`.
+    pub fn reloaded(&self, result: &'static str) {
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+        if result == "refused" {
+            self.state.last_reload_ok.store(0, Ordering::Relaxed);
+        } else {
+            self.state.last_reload_ok.store(1, Ordering::Relaxed);
+            self.state.last_success.store(now_secs(), Ordering::Relaxed);
+        }
+    }
+
+    /// A client connection opened: the gauge counts it until the guard drops.
+    pub fn client_connection(self: &Arc<Self>) -> ConnectionGauge {
+        self.client_connections.inc();
+        ConnectionGauge(self.client_connections.clone())
+    }
+
+    /// A public TLS handshake ended.
+    pub fn client_handshake(&self, ok: bool, resumed: bool) {
+        let labels = HandshakeLabels {
+            result: if ok { "ok" } else { "failed" },
+            kind: if resumed { "resumed" } else { "full" },
+        };
+        self.client_handshakes.get_or_create(&labels).inc();
+    }
+
+    /// The Prometheus text exposition, or OpenMetrics with `openmetrics`.
+    pub fn encode(&self, openmetrics: bool) -> String {
+        let mut out = String::new();
+        let encoded = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        if let Err(e) = encoded {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+
+    fn forget_route(&self, route: &str) {
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        self.durations.remove(&label);
+        for code in 100..600 {
+            self.requests.remove(&RequestLabels {
+                route: route.to_owned(),
+                code,
+            });
+        }
+    }
+}
+
+/// Keeps `trustgate_client_connections` counting one connection while alive.
+pub struct ConnectionGauge(Gauge);
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One route's handles: resolved when a generation is built, so a request hashes no labels.
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    route: Box<str>,
+    /// `trustgate_requests_total{route, code}` per status 100..=599, made on first use.
+    codes: Box<[OnceLock<Counter>]>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// One request answered with `status` after `elapsed` (request head to response head).
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        if let Some(slot) = self.codes.get(usize::from(status).wrapping_sub(100)) {
+            slot.get_or_init(|| {
+                self.metrics.requests.get_or_create_owned(&RequestLabels {
+                    route: self.route.to_string(),
+                    code: status,
+                })
+            })
+            .inc();
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The series that belong to one configuration: every certificate it names, its CRLs, routes.
+#[derive(Debug, Default)]
+pub struct ConfigSeries {
+    /// (role, subject, serial, notAfter seconds).
+    certs: Vec<(&'static str, String, String, i64)>,
+    /// (issuer, nextUpdate seconds, revoked entries).
+    crls: Vec<(String, Option<i64>, usize)>,
+    routes: Vec<String>,
+}
+
+impl ConfigSeries {
+    fn of(config: &Config) -> Self {
+        let mut certs = Vec::new();
+        let mut add = |role: &'static str, der: &CertificateDer<'_>| {
+            if let Ok(info) = CertInfo::parse(der) {
+                let entry = (
+                    role,
+                    info.subject,
+                    info.serial,
+                    info.not_after.unix_timestamp(),
+                );
+                if !certs.contains(&entry) {
+                    certs.push(entry);
+                }
+            }
+        };
+        for der in &config.server.chain {
+            add("public", der);
+        }
+        for der in &config.upstream_tls.anchors {
+            add("anchor", der);
+        }
+        let identities = config.upstream_tls.identity.iter().chain(
+            config
+                .routes
+                .iter()
+                .filter_map(|r| r.client_identity.as_ref()),
+        );
+        for identity in identities {
+            if let Some(leaf) = identity.chain.first() {
+                add("upstream_client", leaf);
+            }
+        }
+        let client_crls = config.server.client_auth.iter().flat_map(|a| &a.crls.crls);
+        if let Some(auth) = &config.server.client_auth {
+            for der in &auth.anchors {
+                add("client_ca", der);
+            }
+        }
+        let crls = config
+            .upstream_tls
+            .crls
+            .crls
+            .iter()
+            .chain(client_crls)
+            .map(|crl| (crl.issuer.clone(), crl.next_update, crl.revoked_count()))
+            .collect();
+        let mut routes: Vec<String> = config.routes.iter().map(|r| r.prefix.to_string()).collect();
+        routes.push("-".into());
+        Self {
+            certs,
+            crls,
+            routes,
+        }
+    }
+}
+
+/// Computes the configuration's series at scrape time.
+#[derive(Debug)]
+struct ConfigCollector(Arc<State>);
+
+impl Collector for ConfigCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let state = &self.0;
+        let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| {
+            let metric = ConstGauge::new(value);
+            let mut family = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            metric.encode(family.encode_family(&Vec::<(&str, &str)>::new())?)
+        };
+        gauge(
+            &mut encoder,
+            "config_generation",
+            "The serving generation: 1 at start, one more per applied reload",
+            state.generation.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "config_last_reload_successful",
+            "1 when the last reload applied or found nothing to apply, 0 when it was refused",
+            state.last_reload_ok.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "config_last_reload_success_timestamp_seconds",
+            "When the configuration last loaded successfully",
+            state.last_success.load(Ordering::Relaxed) as i64,
+        )?;
+        {
+            let metric = ConstGauge::new(1i64);
+            let mut family = encoder.encode_descriptor(
+                "build_info",
+                "The running build",
+                None,
+                MetricType::Gauge,
+            )?;
+            metric.encode(family.encode_family(&vec![("version", env!("CARGO_PKG_VERSION"))])?)?;
+        }
+        let Some(config) = state.config.load_full() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "cert_not_after_timestamp_seconds",
+            "notAfter of every certificate the configuration names, by role",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (role, subject, serial, not_after) in &config.certs {
+            let labels = vec![("role", *role), ("subject", subject), ("serial", serial)];
+            ConstGauge::new(*not_after).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "crl_next_update_timestamp_seconds",
+            "nextUpdate of every CRL in use, by issuer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (issuer, next_update, _) in &config.crls {
+            if let Some(next) = next_update {
+                ConstGauge::new(*next).encode(family.encode_family(&vec![("issuer", issuer)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "crl_revoked_entries",
+            "Serials each CRL in use revokes, by issuer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (issuer, _, revoked) in &config.crls {
+            ConstGauge::new(*revoked as i64)
+                .encode(family.encode_family(&vec![("issuer", issuer)])?)?;
+        }
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
