@@ -56,7 +56,7 @@ impl Gateway {
         let current = Arc::new(ArcSwap::from_pointee(Generation::build(
             config, 1, None, &metrics,
         )));
-        metrics.serving(config, 1);
+        metrics.serving(config, 1, current.load().upstreams());
         let source = current.clone();
         let settings = Arc::new(move || source.load().connections.clone());
         Self {

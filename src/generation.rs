@@ -78,6 +78,7 @@ impl Generation {
                                 &key,
                                 route.client_identity.clone(),
                                 upstream.verifier.clone(),
+                                metrics.upstream(route.prefix.as_str()),
                             ))
                         })
                 });
@@ -133,6 +134,20 @@ impl Generation {
             client_trust,
             clients,
         }
+    }
+}
+
+impl Generation {
+    /// Each upstream's record, with the route its metrics are labelled by.
+    pub fn upstreams(&self) -> Vec<(String, Arc<crate::metrics::UpstreamStats>)> {
+        let mut seen: Vec<(String, Arc<crate::metrics::UpstreamStats>)> = Vec::new();
+        for pool in self.pools.values() {
+            let metrics = pool.metrics();
+            if !seen.iter().any(|(_, s)| Arc::ptr_eq(s, &metrics.stats)) {
+                seen.push((metrics.route().to_owned(), metrics.stats.clone()));
+            }
+        }
+        seen
     }
 }
 

@@ -41,6 +41,13 @@ struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamHandshakeLabels {
+    route: String,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
 }
@@ -65,6 +72,9 @@ pub struct Metrics {
     client_connections: Gauge,
     client_handshakes: Family<HandshakeLabels, Counter>,
     reloads: Family<ResultLabel, Counter>,
+    upstream_handshakes: Family<UpstreamHandshakeLabels, Counter>,
+    upstream_connect: HistogramFamily,
+    upstream_connections: Family<RouteLabel, Gauge>,
     state: Arc<State>,
 }
 
@@ -83,6 +93,8 @@ struct State {
     /// Seconds since the epoch of the last successful load or reload.
     last_success: AtomicU64,
     config: ArcSwapOption<ConfigSeries>,
+    /// Each upstream's record of what it presented, with the route it is labelled by.
+    upstreams: ArcSwapOption<Vec<(String, Arc<UpstreamStats>)>>,
 }
 
 impl Default for Metrics {
@@ -124,6 +136,24 @@ impl Metrics {
             "Reloads by result: applied, unchanged or refused",
             reloads.clone(),
         );
+        let upstream_handshakes = Family::<UpstreamHandshakeLabels, Counter>::default();
+        registry.register(
+            "upstream_tls_handshakes",
+            "TLS handshakes with upstreams, by route, result and the reason of a failure",
+            upstream_handshakes.clone(),
+        );
+        let upstream_connect: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "upstream_connect_duration_seconds",
+            "TCP connect plus TLS handshake to an upstream, by route",
+            upstream_connect.clone(),
+        );
+        let upstream_connections = Family::<RouteLabel, Gauge>::default();
+        registry.register(
+            "upstream_connections",
+            "Upstream connections open now, by route",
+            upstream_connections.clone(),
+        );
         let state = Arc::new(State {
             last_reload_ok: AtomicU64::new(1),
             ..State::default()
@@ -136,7 +166,32 @@ impl Metrics {
             client_connections,
             client_handshakes,
             reloads,
+            upstream_handshakes,
+            upstream_connect,
+            upstream_connections,
             state,
+        }
+    }
+
+    /// The handles an upstream pool records through, labelled with `route`, the first route
+    /// that uses it.
+    pub fn upstream(self: &Arc<Self>, route: &str) -> UpstreamMetrics {
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        UpstreamMetrics {
+            metrics: self.clone(),
+            route: route.into(),
+            ok: self
+                .upstream_handshakes
+                .get_or_create_owned(&UpstreamHandshakeLabels {
+                    route: route.to_owned(),
+                    result: "ok",
+                    reason: "",
+                }),
+            connect: self.upstream_connect.get_or_create_owned(&label),
+            open: self.upstream_connections.get_or_create_owned(&label),
+            stats: Arc::default(),
         }
     }
 
@@ -155,7 +210,12 @@ impl Metrics {
 
     /// A generation built from `config` now serves: its number and its certificates and CRLs
     /// become the series of `/metrics`; series of routes it no longer has are removed.
-    pub fn serving(&self, config: &Config, generation: u64) {
+    pub fn serving(
+        &self,
+        config: &Config,
+        generation: u64,
+        upstreams: Vec<(String, Arc<UpstreamStats>)>,
+    ) {
         let series = ConfigSeries::of(config);
         if let Some(previous) = self.state.config.load_full() {
             for gone in previous
@@ -168,6 +228,7 @@ impl Metrics {
         }
         self.state.generation.store(generation, Ordering::Relaxed);
         self.state.config.store(Some(Arc::new(series)));
+        self.state.upstreams.store(Some(Arc::new(upstreams)));
         self.state.last_reload_ok.store(1, Ordering::Relaxed);
         self.state.last_success.store(now_secs(), Ordering::Relaxed);
     }
@@ -217,6 +278,17 @@ impl Metrics {
             route: route.to_owned(),
         };
         self.durations.remove(&label);
+        self.upstream_connect.remove(&label);
+        self.upstream_connections.remove(&label);
+        for result in ["ok", "failed"] {
+            for reason in REASONS {
+                self.upstream_handshakes.remove(&UpstreamHandshakeLabels {
+                    route: route.to_owned(),
+                    result,
+                    reason,
+                });
+            }
+        }
         for code in 100..600 {
             self.requests.remove(&RequestLabels {
                 route: route.to_owned(),
@@ -226,8 +298,113 @@ impl Metrics {
     }
 }
 
-/// Keeps `trustgate_client_connections` counting one connection while alive.
+/// The `reason` label values of a failed upstream handshake ("" for ok).
+const REASONS: [&str; 11] = [
+    "",
+    "name_mismatch",
+    "unknown_issuer",
+    "expired",
+    "not_yet_valid",
+    "revoked",
+    "revocation_unknown",
+    "crl_expired",
+    "client_cert_required",
+    "bad_chain",
+    "other",
+];
+
+/// One upstream's handles and record (kept by its pool across generations).
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    metrics: Arc<Metrics>,
+    route: Box<str>,
+    ok: Counter,
+    connect: Histogram,
+    open: Gauge,
+    pub stats: Arc<UpstreamStats>,
+}
+
+impl fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UpstreamMetrics({})", self.route)
+    }
+}
+
+impl UpstreamMetrics {
+    /// The route its series are labelled by.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// A handshake verified `leaf`, presented as `name`, after `took` from the TCP connect; the
+    /// returned guard counts the connection as open until dropped.
+    pub fn verified(&self, name: &str, leaf: Option<CertInfo>, took: Duration) -> ConnectionGauge {
+        self.ok.inc();
+        self.connect.observe(took.as_secs_f64());
+        self.stats.verified.fetch_add(1, Ordering::Relaxed);
+        if let Some(info) = leaf {
+            *self
+                .stats
+                .last_leaf
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(SeenLeaf {
+                name: name.to_owned(),
+                info,
+                seen_at: now_secs(),
+            });
+        }
+        self.open.inc();
+        ConnectionGauge(self.open.clone())
+    }
+
+    /// A handshake (or, for a demanded client certificate, the exchange right after it) was
+    /// refused: `class` from [`crate::tls::reason::class`], `reason` in words.
+    pub fn refused(&self, class: &'static str, reason: String) {
+        self.metrics
+            .upstream_handshakes
+            .get_or_create(&UpstreamHandshakeLabels {
+                route: self.route.to_string(),
+                result: "failed",
+                reason: class,
+            })
+            .inc();
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .last_refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((reason, now_secs()));
+    }
+}
+
+/// What one upstream presented and how its handshakes went, for `/metrics` and the trust status.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    pub verified: AtomicU64,
+    pub refused: AtomicU64,
+    pub last_leaf: std::sync::Mutex<Option<SeenLeaf>>,
+    /// The last refusal's reason and when (seconds since the epoch).
+    pub last_refusal: std::sync::Mutex<Option<(String, u64)>>,
+}
+
+/// The leaf an upstream presented on its last verified handshake.
+#[derive(Debug, Clone)]
+pub struct SeenLeaf {
+    /// The name it was verified for (the SNI sent).
+    pub name: String,
+    pub info: CertInfo,
+    /// Seconds since the epoch.
+    pub seen_at: u64,
+}
+
+/// Keeps a connections gauge counting one connection while alive.
 pub struct ConnectionGauge(Gauge);
+
+impl fmt::Debug for ConnectionGauge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectionGauge")
+    }
+}
 
 impl Drop for ConnectionGauge {
     fn drop(&mut self) {
@@ -366,6 +543,40 @@ impl Collector for ConfigCollector {
                 MetricType::Gauge,
             )?;
             metric.encode(family.encode_family(&vec![("version", env!("CARGO_PKG_VERSION"))])?)?;
+        }
+        if let Some(upstreams) = state.upstreams.load_full() {
+            let seen: Vec<(String, SeenLeaf)> = upstreams
+                .iter()
+                .filter_map(|(route, stats)| {
+                    let leaf = stats.last_leaf.lock().unwrap_or_else(|e| e.into_inner());
+                    leaf.clone().map(|leaf| (route.clone(), leaf))
+                })
+                .collect();
+            type Pick = fn(&SeenLeaf) -> i64;
+            let series: [(&str, &str, Pick); 2] = [
+                (
+                    "upstream_cert_not_after_timestamp_seconds",
+                    "notAfter of the leaf each upstream presented on its last verified handshake",
+                    |leaf| leaf.info.not_after.unix_timestamp(),
+                ),
+                (
+                    "upstream_cert_last_seen_timestamp_seconds",
+                    "When each upstream last presented that leaf",
+                    |leaf| leaf.seen_at as i64,
+                ),
+            ];
+            for (name, help, pick) in series {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for (route, leaf) in &seen {
+                    let labels = vec![
+                        ("route", route.as_str()),
+                        ("name", leaf.name.as_str()),
+                        ("serial", leaf.info.serial.as_str()),
+                        ("issuer", leaf.info.issuer.as_str()),
+                    ];
+                    ConstGauge::new(pick(leaf)).encode(family.encode_family(&labels)?)?;
+                }
+            }
         }
         let Some(config) = state.config.load_full() else {
             return Ok(());

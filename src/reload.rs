@@ -338,8 +338,9 @@ impl Reloader {
         let generation =
             Generation::build(&config, previous.number + 1, Some(&previous), &self.metrics);
         let number = generation.number;
+        let upstreams = generation.upstreams();
         self.current.store(Arc::new(generation));
-        self.metrics.serving(&config, number);
+        self.metrics.serving(&config, number, upstreams);
         let changes = format!(
             "{} (built in {} ms)",
             serving.changes_to(&facts),

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::Uri;
@@ -40,6 +40,8 @@ use tracing::{error, warn};
 use crate::body::UpstreamBody;
 use crate::config::Timeouts;
 use crate::live::{Peer, Peers, Severable, Verified};
+use crate::metrics::{ConnectionGauge, UpstreamMetrics};
+use crate::pki::inspect::CertInfo;
 use crate::routing::Route;
 use crate::server::MAX_REQUEST_HEAD;
 use crate::tls::client::Identity;
@@ -98,6 +100,7 @@ struct PoolTls {
     trust: ArcSwap<Trust>,
     /// Connections open now, with the chains they verified.
     peers: Peers,
+    metrics: UpstreamMetrics,
 }
 
 /// The verifier new handshakes use, and the connectors built around it.
@@ -137,6 +140,7 @@ impl Pool {
         key: &PoolKey,
         identity: Option<Arc<Identity>>,
         verifier: Arc<ServerVerifier>,
+        metrics: UpstreamMetrics,
     ) -> Self {
         let tcp = TcpConnector {
             write_limit: key.write_limit,
@@ -149,6 +153,7 @@ impl Pool {
             tcp,
             trust: ArcSwap::from_pointee(trust),
             peers: Peers::default(),
+            metrics,
         });
         let connector = |offer_h2| Connector {
             shared: shared.clone(),
@@ -160,6 +165,11 @@ impl Pool {
             http1_client: pooled(connector(false)),
             shared,
         }
+    }
+
+    /// What this upstream presented and how its handshakes went.
+    pub fn metrics(&self) -> &UpstreamMetrics {
+        &self.shared.metrics
     }
 
     /// New handshakes verify with `verifier` from now on; each gets fresh session storage.
@@ -190,6 +200,22 @@ impl Pool {
                 peer
             })
             .collect()
+    }
+}
+
+/// The rustls error inside a connector's error chain, if TLS is what failed. `io::Error::source()`
+/// skips its payload, so each payload is looked into as well.
+pub fn tls_error<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    loop {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
+            && let Some(tls) = tls_error(inner)
+        {
+            return Some(tls);
+        }
+        e = e.source()?;
     }
 }
 
@@ -265,9 +291,16 @@ impl Service<Uri> for Connector {
             Err(why) => Err(NoTlsConfig(why.clone())),
         };
         Box::pin(async move {
+            let started = Instant::now();
             let stream = tokio::time::timeout(timeout, connecting?)
                 .await
-                .map_err(|_| Box::new(ConnectTimeout(timeout)) as BoxError)??;
+                .map_err(|_| Box::new(ConnectTimeout(timeout)) as BoxError)?
+                .inspect_err(|e| {
+                    if let Some(tls) = tls_error(e.as_ref()) {
+                        let metrics = &shared.metrics;
+                        metrics.refused(reason::class(tls), reason::tls(tls, Side::Upstream));
+                    }
+                })?;
             let MaybeHttpsStream::Https(tls) = &stream else {
                 return Ok(stream);
             };
@@ -283,6 +316,7 @@ impl Service<Uri> for Connector {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned();
+            let host_name = host.clone();
             peer.verified(Verified {
                 chain,
                 server_name: ServerName::try_from(host).ok(),
@@ -295,6 +329,15 @@ impl Service<Uri> for Connector {
                 && let Some(verified) = peer.chain()
             {
                 verify_again(&now_trust.verifier, verified, UnixTime::now())?;
+            }
+            let leaf = peer
+                .chain()
+                .and_then(|v| v.chain.first())
+                .and_then(|der| CertInfo::parse(der).ok());
+            let open = shared.metrics.verified(&host_name, leaf, started.elapsed());
+            let mut stream = stream;
+            if let MaybeHttpsStream::Https(tls) = &mut stream {
+                tls.inner_mut().get_mut().0.inner_mut().inner_mut().open = Some(open);
             }
             Ok(stream)
         })
@@ -361,6 +404,7 @@ impl Service<Uri> for TcpConnector {
                 .map_err(|source| TcpConnectError { target, source })?;
             Ok(TokioIo::new(WriteGuarded {
                 inner: Severable::new(stream, address),
+                open: None,
                 limit: write_limit,
                 stall: None,
             }))
@@ -380,6 +424,8 @@ pub struct WriteStalled(pub Duration);
 #[derive(Debug)]
 pub struct WriteGuarded {
     inner: Severable,
+    /// Counts the connection in `trustgate_upstream_connections` once it verified.
+    open: Option<ConnectionGauge>,
     limit: Duration,
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }

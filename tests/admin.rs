@@ -458,3 +458,91 @@ async fn metrics_count_requests_and_follow_the_generation() {
     assert_eq!(status, 200);
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
 }
+
+#[tokio::test]
+async fn upstream_handshakes_are_classified_and_presented_leaves_recorded() {
+    let pki = TestPki::new();
+    let leaf = pki.leaf(&["backend-api"]);
+    let api = Backend::recording(&leaf, &[b"http/1.1"], "api").await;
+    let wrong = Backend::recording(&pki.leaf(&["other"]), &[b"http/1.1"], "wrong").await;
+    let demanding_tls = pki
+        .leaf(&["backend-mtls"])
+        .mtls_config(&[b"http/1.1"], &pki.root);
+    let demanding = Backend::recording_with(demanding_tls, "mtls").await;
+    let routes = route_to("/api", "backend-api", &api)
+        + &route_to("/wrong", "backend-wrong", &wrong)
+        + &route_to("/mtls", "backend-mtls", &demanding);
+    let text = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:9901\"\n",
+        config_text("", "", &routes)
+    );
+    let proxy = Proxy::start_with(&pki, &text).await;
+    let client = client(&pki, false);
+    for _ in 0..2 {
+        assert_eq!(
+            get(&client, &proxy.url("/api/x")).await.status,
+            http::StatusCode::OK
+        );
+    }
+    assert_eq!(
+        get(&client, &proxy.url("/wrong/x")).await.status,
+        http::StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        get(&client, &proxy.url("/mtls/x")).await.status,
+        http::StatusCode::BAD_GATEWAY
+    );
+
+    let m = scrape(proxy.admin.unwrap()).await;
+    let info = trustgate::pki::inspect::CertInfo::parse(&leaf.chain[0]).unwrap();
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_upstream_cert_not_after_timestamp_seconds",
+            &[
+                ("route", "/api"),
+                ("name", "backend-api"),
+                ("serial", &info.serial)
+            ]
+        ),
+        Some(info.not_after.unix_timestamp() as f64),
+        "the leaf the backend presented"
+    );
+    assert!(
+        sample(
+            &m,
+            "trustgate_upstream_cert_last_seen_timestamp_seconds",
+            &[("route", "/api")]
+        )
+        .is_some()
+    );
+    let handshakes = |route: &str, result: &str, reason: &str| {
+        sample(
+            &m,
+            "trustgate_upstream_tls_handshakes_total",
+            &[("route", route), ("result", result), ("reason", reason)],
+        )
+    };
+    assert_eq!(
+        handshakes("/api", "ok", ""),
+        Some(1.0),
+        "one pooled connection"
+    );
+    assert_eq!(handshakes("/wrong", "failed", "name_mismatch"), Some(1.0));
+    assert_eq!(
+        handshakes("/mtls", "failed", "client_cert_required"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, "trustgate_upstream_connections", &[("route", "/api")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "trustgate_upstream_connect_duration_seconds_count",
+            &[("route", "/api")]
+        ),
+        Some(1.0)
+    );
+}

@@ -25,6 +25,7 @@ use crate::connection::ConnectionInfo;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::{self, Route, RouteTable};
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
+use crate::tls::reason::{self, Side};
 use crate::upstream::Pool;
 
 /// What a route sends through: its pool, and its prefix as logs name it (shared, not copied per
@@ -127,6 +128,16 @@ impl Proxy {
             Ok(response) => response,
             Err(err) => {
                 let status = err.status();
+                // TLS 1.3 ends the handshake before the upstream judges the client certificate:
+                // its demand for one arrives with the exchange, not the connect.
+                if let (ProxyError::Upstream(e), Some((i, _))) = (&err, found)
+                    && !e.is_connect()
+                    && let Some(tls) = crate::upstream::tls_error(e)
+                    && reason::class(tls) == "client_cert_required"
+                {
+                    let metrics = self.targets[i].pool.metrics();
+                    metrics.refused("client_cert_required", reason::tls(tls, Side::Upstream));
+                }
                 let upstream = route.map_or_else(|| "-".to_owned(), |r| r.upstream.to_string());
                 if status.is_server_error() {
                     warn!(route = %route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request not proxied");

@@ -63,6 +63,36 @@ pub fn tls(err: &rustls::Error, side: Side) -> String {
     }
 }
 
+/// The class of a failed upstream handshake, for `trustgate_upstream_tls_handshakes_total{reason}`:
+/// the same decision as the words of [`tls`], in one of a fixed set of label values.
+pub fn class(err: &rustls::Error) -> &'static str {
+    use CertificateError as C;
+    match err {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            C::NotValidForName | C::NotValidForNameContext { .. } => "name_mismatch",
+            C::UnknownIssuer => "unknown_issuer",
+            C::Expired | C::ExpiredContext { .. } => "expired",
+            C::NotValidYet | C::NotValidYetContext { .. } => "not_yet_valid",
+            C::Revoked => "revoked",
+            C::UnknownRevocationStatus => "revocation_unknown",
+            C::ExpiredRevocationList | C::ExpiredRevocationListContext { .. } => "crl_expired",
+            C::Other(other) => match other.0.downcast_ref::<Refusal>() {
+                Some(Refusal::Revoked { .. }) => "revoked",
+                Some(Refusal::RevocationUnknown { .. }) => "revocation_unknown",
+                Some(Refusal::CrlExpired { .. }) => "crl_expired",
+                Some(_) => "bad_chain",
+                None => "other",
+            },
+            _ => "bad_chain",
+        },
+        rustls::Error::InvalidCertRevocationList(_) => "bad_chain",
+        rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            "client_cert_required"
+        }
+        _ => "other",
+    }
+}
+
 /// A refused certificate, in words.
 pub fn certificate(err: &CertificateError, side: Side) -> String {
     let anchors = match side {
@@ -224,6 +254,24 @@ mod tests {
         );
         let demanded = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
         assert!(tls(&demanded, up).contains("demanded a client certificate"));
+        assert_eq!(class(&demanded), "client_cert_required");
+        assert_eq!(
+            class(&rustls::Error::InvalidCertificate(wrong_name)),
+            "name_mismatch"
+        );
+        assert_eq!(
+            class(&rustls::Error::InvalidCertificate(expired)),
+            "expired"
+        );
+        assert_eq!(class(&refused), "bad_chain");
+        let revoked = rustls::Error::from(Refusal::Revoked {
+            leaf: true,
+            subject: "CN=x".into(),
+            serial: "01".into(),
+            at: 0,
+            reason: None,
+        });
+        assert_eq!(class(&revoked), "revoked");
         assert_eq!(span(&at(0), &at(120)), "2 minutes");
     }
 }
