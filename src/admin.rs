@@ -8,6 +8,7 @@
 //! | endpoint | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text ([`crate::metrics`]); OpenMetrics when `Accept` asks for it |
+//! | `GET /trust` | the trust status as JSON ([`crate::status`]) |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 while the proxy accepts; 503 once it drains after SIGTERM |
 //! | `POST /reload` | the reload SIGHUP runs: 200 with the generation, or 422 with the problems |
@@ -106,8 +107,16 @@ async fn respond(req: Request<Incoming>, state: &AdminState) -> Response<Full<By
             format!("ready: generation {}\n", current.number),
         ),
         (&Method::GET, "/metrics") => metrics(&req, state),
+        (&Method::GET, "/trust") => {
+            let mut response = text(StatusCode::OK, format!("{:#}\n", current.trust.to_json()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         (&Method::POST, "/reload") => reload(state).await,
-        (_, "/healthz" | "/readyz" | "/reload" | "/metrics") => text(
+        (_, "/healthz" | "/readyz" | "/reload" | "/metrics" | "/trust") => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "405 Method Not Allowed\n".into(),
         ),

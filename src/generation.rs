@@ -22,6 +22,7 @@ use crate::live::{self, ClientPeers, Peer};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::PerConnection;
+use crate::status::TrustStatus;
 use crate::tls::reason::{self, Side};
 use crate::upstream::{Pool, PoolKey};
 
@@ -35,6 +36,8 @@ pub struct Generation {
     /// The public listener's TLS config and the clocks of each new connection.
     pub connections: PerConnection,
     pub proxy: Proxy,
+    /// Whom this generation trusts and what its upstreams presented (`GET /trust`).
+    pub trust: TrustStatus,
     /// `[admin] token_file`'s token: the admin listener checks each request against it.
     pub admin_token: Option<Arc<str>>,
     /// Every pool this generation uses, for the next generation to keep what did not change.
@@ -65,7 +68,7 @@ impl Generation {
             pool.retrust(upstream.verifier.clone());
         }
         let mut pools: HashMap<PoolKey, Arc<Pool>> = HashMap::new();
-        let route_pools = config
+        let route_pools: Box<[Arc<Pool>]> = config
             .routes
             .iter()
             .map(|route| {
@@ -85,6 +88,11 @@ impl Generation {
                 pool.clone()
             })
             .collect();
+        let stats = route_pools
+            .iter()
+            .map(|p| p.metrics().stats.clone())
+            .collect();
+        let trust = TrustStatus::new(config, number, stats);
         let mut severed: Vec<Arc<Peer>> = retrust
             .iter()
             .flat_map(|p| p.pools.values())
@@ -129,6 +137,7 @@ impl Generation {
                 metrics,
             ),
             admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
+            trust,
             pools,
             upstream_trust: upstream.trust_id,
             client_trust,

@@ -51,6 +51,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod upstream;
 pub mod watch;
