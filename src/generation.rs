@@ -76,6 +76,7 @@ impl Generation {
                 let pool = pools.entry(key.clone()).or_insert_with(|| {
                     previous
                         .and_then(|p| p.pools.get(&key).cloned())
+                        .inspect(|pool| pool.label(metrics, route.prefix.as_str()))
                         .unwrap_or_else(|| {
                             Arc::new(Pool::new(
                                 &key,
@@ -135,6 +136,7 @@ impl Generation {
                 &config.limits,
                 client_auth.is_some_and(|auth| auth.forward_chain),
                 metrics,
+                config.log.access,
             ),
             admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
             trust,

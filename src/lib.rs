@@ -45,6 +45,7 @@ pub mod gateway;
 pub mod generation;
 pub mod io;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod pki;
 pub mod proxy;

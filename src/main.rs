@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, LogFormat};
 use trustgate::server::shutdown_signal;
@@ -21,7 +20,8 @@ fn main() -> ExitCode {
     ) {
         restore_sigpipe();
     }
-    init_logging(cli.log_format);
+    // Lives to the end of main, after the runtime, so the last lines are written out.
+    let _log_guard = trustgate::logging::init(matches!(cli.log_format, LogFormat::Json));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -136,18 +136,5 @@ fn restore_sigpipe() {
     // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid handler.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal, never into `docker logs` or a file.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -176,6 +176,15 @@ impl Metrics {
     /// The handles an upstream pool records through, labelled with `route`, the first route
     /// that uses it.
     pub fn upstream(self: &Arc<Self>, route: &str) -> UpstreamMetrics {
+        self.upstream_with(route, Arc::default())
+    }
+
+    /// As [`Metrics::upstream`], continuing the record `stats`.
+    pub fn upstream_with(
+        self: &Arc<Self>,
+        route: &str,
+        stats: Arc<UpstreamStats>,
+    ) -> UpstreamMetrics {
         let label = RouteLabel {
             route: route.to_owned(),
         };
@@ -191,7 +200,7 @@ impl Metrics {
                 }),
             connect: self.upstream_connect.get_or_create_owned(&label),
             open: self.upstream_connections.get_or_create_owned(&label),
-            stats: Arc::default(),
+            stats,
         }
     }
 
@@ -534,6 +543,16 @@ impl Collector for ConfigCollector {
             "When the configuration last loaded successfully",
             state.last_success.load(Ordering::Relaxed) as i64,
         )?;
+        {
+            let dropped = ConstCounter::new(crate::logging::log_lines_dropped());
+            let mut family = encoder.encode_descriptor(
+                "log_lines_dropped",
+                "Log lines dropped because the log writer's buffer was full (a slow log sink)",
+                None,
+                dropped.metric_type(),
+            )?;
+            dropped.encode(family.encode_family(&Vec::<(&str, &str)>::new())?)?;
+        }
         {
             let metric = ConstGauge::new(1i64);
             let mut family = encoder.encode_descriptor(

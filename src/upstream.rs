@@ -40,7 +40,7 @@ use tracing::{error, warn};
 use crate::body::UpstreamBody;
 use crate::config::Timeouts;
 use crate::live::{Peer, Peers, Severable, Verified};
-use crate::metrics::{ConnectionGauge, UpstreamMetrics};
+use crate::metrics::{ConnectionGauge, Metrics, UpstreamMetrics};
 use crate::pki::inspect::CertInfo;
 use crate::routing::Route;
 use crate::server::MAX_REQUEST_HEAD;
@@ -100,7 +100,8 @@ struct PoolTls {
     trust: ArcSwap<Trust>,
     /// Connections open now, with the chains they verified.
     peers: Peers,
-    metrics: UpstreamMetrics,
+    /// Labelled by the first route that uses the pool in the serving generation.
+    metrics: ArcSwap<UpstreamMetrics>,
 }
 
 /// The verifier new handshakes use, and the connectors built around it.
@@ -153,7 +154,7 @@ impl Pool {
             tcp,
             trust: ArcSwap::from_pointee(trust),
             peers: Peers::default(),
-            metrics,
+            metrics: ArcSwap::from_pointee(metrics),
         });
         let connector = |offer_h2| Connector {
             shared: shared.clone(),
@@ -168,8 +169,18 @@ impl Pool {
     }
 
     /// What this upstream presented and how its handshakes went.
-    pub fn metrics(&self) -> &UpstreamMetrics {
-        &self.shared.metrics
+    pub fn metrics(&self) -> Arc<UpstreamMetrics> {
+        self.shared.metrics.load_full()
+    }
+
+    /// Labels the pool's series with `route` from now on, keeping its record, when a new
+    /// generation names it by another route than before.
+    pub fn label(&self, metrics: &Arc<Metrics>, route: &str) {
+        let current = self.shared.metrics.load();
+        if current.route() != route {
+            let relabelled = metrics.upstream_with(route, current.stats.clone());
+            self.shared.metrics.store(Arc::new(relabelled));
+        }
     }
 
     /// New handshakes verify with `verifier` from now on; each gets fresh session storage.
@@ -297,7 +308,7 @@ impl Service<Uri> for Connector {
                 .map_err(|_| Box::new(ConnectTimeout(timeout)) as BoxError)?
                 .inspect_err(|e| {
                     if let Some(tls) = tls_error(e.as_ref()) {
-                        let metrics = &shared.metrics;
+                        let metrics = shared.metrics.load();
                         metrics.refused(reason::class(tls), reason::tls(tls, Side::Upstream));
                     }
                 })?;
@@ -334,7 +345,10 @@ impl Service<Uri> for Connector {
                 .chain()
                 .and_then(|v| v.chain.first())
                 .and_then(|der| CertInfo::parse(der).ok());
-            let open = shared.metrics.verified(&host_name, leaf, started.elapsed());
+            let open = shared
+                .metrics
+                .load()
+                .verified(&host_name, leaf, started.elapsed());
             let mut stream = stream;
             if let MaybeHttpsStream::Https(tls) = &mut stream {
                 tls.inner_mut().get_mut().0.inner_mut().inner_mut().open = Some(open);

@@ -384,6 +384,10 @@ async fn metrics_count_requests_and_follow_the_generation() {
             >= 1.0
     );
     assert!(sample(&m, "trustgate_client_connections", &[]).is_some());
+    assert_eq!(
+        sample(&m, "trustgate_log_lines_dropped_total", &[]),
+        Some(0.0)
+    );
     let public = trustgate::pki::inspect::CertInfo::parse(
         &std::fs::read(pki.path("public/fullchain.pem"))
             .map(|pem| {

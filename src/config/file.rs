@@ -19,6 +19,16 @@ pub(super) struct ConfigFile {
     #[serde(default, rename = "route")]
     pub(super) routes: Vec<RouteEntry>,
     pub(super) admin: Option<AdminTable>,
+    #[serde(default)]
+    pub(super) log: LogTable,
+}
+
+/// `[log]`: what the proxy logs. A bool needs no check after parsing, so it is not `Spanned`: a
+/// value of the wrong type is a parse error, which names the key and line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogTable {
+    pub(super) access: Option<bool>,
 }
 
 /// `[admin]`: the operators' listener, plain HTTP.

@@ -42,6 +42,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// `[admin]`: the operators' listener, if any.
     pub admin: Option<Admin>,
+    /// `[log]`: what is logged; reloadable.
+    pub log: Log,
     /// What loads but deserves attention (a CRL close to its nextUpdate, an expired one in use
     /// under `crl_expired = "allow"`): printed by `check`, logged at startup and reload.
     pub warnings: Vec<String>,
@@ -74,6 +76,14 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
     /// Every request must carry `Authorization: Bearer <token>` when set.
     pub token: Option<Arc<str>>,
+}
+
+/// `[log]`: what the proxy logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Log {
+    /// `access`: one `trustgate::access` line per request (default on). Errors and warnings are
+    /// logged either way.
+    pub access: bool,
 }
 
 /// The shortest admin token accepted: guessing it must be out of reach.
@@ -310,6 +320,9 @@ impl Loader<'_> {
             admin: match admin {
                 None => None,
                 Some(admin) => Some(admin?),
+            },
+            log: Log {
+                access: file.log.access.unwrap_or(true),
             },
             warnings: std::mem::take(&mut self.warnings),
         })

@@ -53,6 +53,8 @@ pub struct Proxy {
     forward_chain: bool,
     /// Where requests no route matches are counted (`route="-"`).
     unrouted: RouteMetrics,
+    /// `[log] access`: write one access line per request.
+    access_log: bool,
 }
 
 impl Proxy {
@@ -64,6 +66,7 @@ impl Proxy {
         limits: &Limits,
         forward_chain: bool,
         metrics: &Arc<Metrics>,
+        access_log: bool,
     ) -> Self {
         debug_assert_eq!(routes.len(), pools.len());
         let targets = routes
@@ -86,6 +89,7 @@ impl Proxy {
             tunnel_idle: timeouts.tunnel_idle,
             forward_chain,
             unrouted: metrics.route("-"),
+            access_log,
         }
     }
 
@@ -100,10 +104,12 @@ impl Proxy {
         let found = self.routes.lookup(req.uri().path());
         let route = found.map(|(_, route)| route);
         let route_name = route.map_or("-", |r| r.prefix.as_str());
+        // Without the access line, nothing of the request is cloned for it.
         let mut access = AccessLog {
             peer,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
+            request: self
+                .access_log
+                .then(|| (req.method().clone(), req.uri().clone())),
             route: route_name,
             client_cert: conn.client_cert.as_deref().map(|c| c.subject.as_str()),
             started: Instant::now(),
@@ -335,11 +341,12 @@ fn unasked_switch(requested: Option<&HeaderValue>, answered: Option<&HeaderValue
 /// One access-log line per request, written when it is dropped: at the end of
 /// [`Proxy::handle`], or earlier when the client resets its stream or hangs up before the
 /// response, which drops the handler mid-flight and is logged as status 499 ("client closed
-/// request", as nginx has it).
+/// request", as nginx has it). The request's metrics are recorded at the same moment; under
+/// `[log] access = false` only they are.
 struct AccessLog<'a> {
     peer: std::net::SocketAddr,
-    method: http::Method,
-    uri: http::Uri,
+    /// Method and target, for the line; `None` under `[log] access = false`.
+    request: Option<(http::Method, http::Uri)>,
     route: &'a str,
     /// The verified client certificate's subject, if any.
     client_cert: Option<&'a str>,
@@ -351,16 +358,20 @@ struct AccessLog<'a> {
 impl Drop for AccessLog<'_> {
     fn drop(&mut self) {
         let status = self.status.map_or(499, |s| s.as_u16());
-        self.metrics.observe(status, self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        self.metrics.observe(status, elapsed);
+        let Some((method, uri)) = &self.request else {
+            return;
+        };
         info!(
             target: "trustgate::access",
             peer = %self.peer,
-            method = %self.method,
-            path = %self.uri.path(),
+            method = %method,
+            path = %uri.path(),
             status,
             route = %self.route,
             client_cert = self.client_cert.map(tracing::field::display),
-            elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
         );
     }
 }
