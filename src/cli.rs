@@ -61,6 +61,19 @@ pub enum Command {
     },
     /// Run the internal CA: offline root, intermediate, one certificate per service.
     Pki(trustgate::pki::commands::PkiArgs),
+    /// Print the trust status of a running proxy (its admin listener's /trust): every
+    /// certificate with its days left, and what each upstream presented.
+    Status {
+        /// The admin listener, e.g. http://127.0.0.1:9901.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// The admin token, when [admin] token_file is set.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the JSON as served instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the HTTPS echo backend: it answers each request with what it received. Reloads its
     /// certificate and key on SIGHUP and when they change.
     Echo {

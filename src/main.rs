@@ -103,6 +103,22 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             trustgate::pki::commands::run(args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status {
+            admin,
+            token_file,
+            json,
+        } => {
+            let status = trustgate::status::fetch(&admin, token_file.as_deref()).await?;
+            if json {
+                println!("{status:#}");
+            } else {
+                print!(
+                    "{}",
+                    trustgate::status::render(&status, time::OffsetDateTime::now_utc())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Echo {
             listen,
             cert,

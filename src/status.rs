@@ -159,3 +159,185 @@ fn crls(set: &CrlSet) -> Vec<Value> {
 fn at(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs).map_or_else(|_| secs.to_string(), rfc3339)
 }
+
+/// `trustgate status`: fetches `/trust` from the admin listener at `admin` (`http://host:port`),
+/// with the token in `token_file` when given.
+pub async fn fetch(admin: &str, token_file: Option<&std::path::Path>) -> anyhow::Result<Value> {
+    use anyhow::{Context as _, bail};
+    use http_body_util::{BodyExt, Empty, Limited};
+
+    let uri: http::Uri = admin
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("{admin:?} is not a URL such as http://127.0.0.1:9901"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("{admin}: the admin listener speaks plain http://");
+    }
+    let authority = uri
+        .authority()
+        .context("the admin URL names no host")?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((authority.host(), port))
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(connection);
+        let mut request =
+            http::Request::get("/trust").header(http::header::HOST, authority.as_str());
+        if let Some(token) = &token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = sender
+            .send_request(request.body(Empty::<bytes::Bytes>::new())?)
+            .await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+            .to_bytes();
+        anyhow::Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .with_context(|| format!("{admin} did not answer within 10 s"))??;
+    if !status.is_success() {
+        bail!(
+            "{admin}/trust answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    serde_json::from_slice(&body).context("the answer is not the trust status JSON")
+}
+
+/// Certificates with fewer days left than this are marked `!`.
+const WARN_DAYS: i64 = 30;
+
+/// The trust status as tables for a person: every certificate with its days left (`!` under
+/// 30 days), then each route's upstream.
+pub fn render(status: &Value, now: OffsetDateTime) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let days = |v: &Value| {
+        v.as_str()
+            .and_then(|t| {
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .map(|t| (t - now).whole_days())
+    };
+    let mark = |d: Option<i64>| match d {
+        Some(d) if d < WARN_DAYS => format!("{d} !"),
+        Some(d) => d.to_string(),
+        None => "-".into(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "generation {} loaded {}",
+        status["generation"],
+        text(&status["loaded_at"])
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<44} {:<22} {:>9}",
+        "ROLE", "SUBJECT", "NOT AFTER", "DAYS LEFT"
+    );
+    let mut cert = |role: &str, c: &Value| {
+        if c.is_object() {
+            let _ = writeln!(
+                out,
+                "{role:<16} {:<44} {:<22} {:>9}",
+                text(&c["subject"]),
+                text(&c["not_after"]),
+                mark(days(&c["not_after"]))
+            );
+        }
+    };
+    cert("public", &status["public_cert"]);
+    let routes = status["routes"].as_array().cloned().unwrap_or_default();
+    let mut anchors_seen = Vec::new();
+    for route in &routes {
+        for anchor in route["anchors"].as_array().into_iter().flatten() {
+            if !anchors_seen.contains(anchor) {
+                cert("anchor", anchor);
+                anchors_seen.push(anchor.clone());
+            }
+        }
+    }
+    for anchor in status["client_auth"]["anchors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        cert("client_ca", anchor);
+    }
+    for route in &routes {
+        cert("upstream_client", &route["client_cert"]);
+        cert(
+            &format!("upstream {}", text(&route["name"])),
+            &route["last_leaf"],
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<36} {:>8} {:>7}  LAST REFUSAL",
+        "ROUTE", "UPSTREAM", "VERIFIED", "REFUSED"
+    );
+    for route in &routes {
+        let refusal = &route["last_refusal"];
+        let last = if refusal.is_object() {
+            format!("{} ({})", text(&refusal["reason"]), text(&refusal["at"]))
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:<12} {:<36} {:>8} {:>7}  {last}",
+            text(&route["prefix"]),
+            text(&route["upstream"]),
+            route["verified"],
+            route["refused"],
+        );
+    }
+    let crls: Vec<&Value> = routes
+        .first()
+        .and_then(|r| r["crls"].as_array())
+        .into_iter()
+        .flatten()
+        .chain(
+            status["client_auth"]["crls"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+    if !crls.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<44} {:<22} {:>7}",
+            "CRL ISSUER", "NEXT UPDATE", "REVOKED"
+        );
+        for crl in crls {
+            let _ = writeln!(
+                out,
+                "{:<44} {:<22} {:>7}",
+                text(&crl["issuer"]),
+                text(&crl["next_update"]),
+                crl["revoked"]
+            );
+        }
+    }
+    out
+}

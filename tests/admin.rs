@@ -481,6 +481,16 @@ async fn upstream_handshakes_are_classified_and_presented_leaves_recorded() {
         config_text("", "", &routes)
     );
     let proxy = Proxy::start_with(&pki, &text).await;
+    let admin = proxy.admin.unwrap();
+    let trust = |admin| async move {
+        let (status, body) = call(admin, "GET", "/trust", "").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).expect("JSON")
+    };
+    let before = trust(admin).await;
+    assert_eq!(before["generation"], 1);
+    assert!(before["routes"][0]["last_leaf"].is_null(), "{before:#}");
+    assert!(before["routes"][0]["last_refusal"].is_null());
     let client = client(&pki, false);
     for _ in 0..2 {
         assert_eq!(
@@ -497,7 +507,7 @@ async fn upstream_handshakes_are_classified_and_presented_leaves_recorded() {
         http::StatusCode::BAD_GATEWAY
     );
 
-    let m = scrape(proxy.admin.unwrap()).await;
+    let m = scrape(admin).await;
     let info = trustgate::pki::inspect::CertInfo::parse(&leaf.chain[0]).unwrap();
     assert_eq!(
         sample(
@@ -549,4 +559,76 @@ async fn upstream_handshakes_are_classified_and_presented_leaves_recorded() {
         ),
         Some(1.0)
     );
+
+    // The same facts in the trust status.
+    let status = trust(admin).await;
+    let route = |prefix: &str| {
+        status["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["prefix"] == prefix)
+            .unwrap_or_else(|| panic!("{prefix} missing: {status:#}"))
+            .clone()
+    };
+    let api = route("/api");
+    assert_eq!(api["name"], "backend-api");
+    assert_eq!(api["last_leaf"]["serial"], info.serial.as_str());
+    assert_eq!(api["last_leaf"]["sha256"], info.sha256.as_str());
+    assert_eq!(api["last_leaf"]["sans"][0], "backend-api");
+    assert_eq!(
+        (api["verified"].as_u64(), api["refused"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let root = trustgate::pki::inspect::CertInfo::parse(pki.root.cert()).unwrap();
+    assert_eq!(api["anchors"][0]["sha256"], root.sha256.as_str());
+    let wrong = route("/wrong");
+    assert!(wrong["last_leaf"].is_null());
+    assert_eq!(wrong["refused"], 1);
+    let reason = wrong["last_refusal"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not valid for name \"backend-wrong\""),
+        "{reason}"
+    );
+    let mtls = route("/mtls");
+    let reason = mtls["last_refusal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("demanded a client certificate"), "{reason}");
+    assert!(
+        status["public_cert"]["serial"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+    assert!(status["loaded_at"].as_str().unwrap().ends_with('Z'));
+
+    // `trustgate status` prints the same for a person: days left, `!` under 30 days.
+    let url = format!("http://{admin}");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trustgate"))
+            .args(["status", "--admin", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = |start: &str| {
+        printed
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start:?} line:\n{printed}"))
+            .to_owned()
+    };
+    assert!(line("upstream backend-api").contains(&info.subject));
+    assert!(
+        line("upstream backend-api").trim_end().ends_with('!'),
+        "29 days left is under 30"
+    );
+    assert!(line("anchor").contains(&root.subject));
+    assert!(line("/wrong").contains("not valid for name"));
+    assert!(line("/api").contains("https://backend-api:"));
 }
