@@ -188,6 +188,17 @@ impl Metrics {
         let label = RouteLabel {
             route: route.to_owned(),
         };
+        // Every failure series exists from the start at 0, so the first failure is an increase
+        // Prometheus sees.
+        for reason in &REASONS[1..] {
+            let _ = self
+                .upstream_handshakes
+                .get_or_create(&UpstreamHandshakeLabels {
+                    route: route.to_owned(),
+                    result: "failed",
+                    reason,
+                });
+        }
         UpstreamMetrics {
             metrics: self.clone(),
             route: route.into(),
