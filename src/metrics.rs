@@ -21,7 +21,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use rustls::pki_types::CertificateDer;
 
 use crate::config::Config;
 use crate::pki::inspect::CertInfo;
@@ -470,10 +469,10 @@ pub struct ConfigSeries {
 impl ConfigSeries {
     fn of(config: &Config) -> Self {
         let mut certs = Vec::new();
-        let mut add = |role: &'static str, der: &CertificateDer<'_>| {
-            if let Ok(info) = CertInfo::parse(der) {
+        for cert in config.certificates() {
+            if let Ok(info) = CertInfo::parse(&cert.der) {
                 let entry = (
-                    role,
+                    cert.role,
                     info.subject,
                     info.serial,
                     info.not_after.unix_timestamp(),
@@ -482,30 +481,8 @@ impl ConfigSeries {
                     certs.push(entry);
                 }
             }
-        };
-        for der in &config.server.chain {
-            add("public", der);
-        }
-        for der in &config.upstream_tls.anchors {
-            add("anchor", der);
-        }
-        let identities = config.upstream_tls.identity.iter().chain(
-            config
-                .routes
-                .iter()
-                .filter_map(|r| r.client_identity.as_ref()),
-        );
-        for identity in identities {
-            if let Some(leaf) = identity.chain.first() {
-                add("upstream_client", leaf);
-            }
         }
         let client_crls = config.server.client_auth.iter().flat_map(|a| &a.crls.crls);
-        if let Some(auth) = &config.server.client_auth {
-            for der in &auth.anchors {
-                add("client_ca", der);
-            }
-        }
         let crls = config
             .upstream_tls
             .crls

@@ -5,17 +5,15 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::named::Named;
-use super::{Finding, Options, Severity, Side, expiry, span};
+use super::{Finding, Options, Severity, Side, due, expiry};
 use crate::config::Config;
 use crate::pki::inspect::CertInfo;
 use crate::tls::anchors::{self, PublicSign, SystemStore};
-use crate::tls::client::Identity;
 
 /// A CA certificate the audit knows of, and the file it came from.
 #[derive(Debug, Clone)]
@@ -255,32 +253,30 @@ pub fn check(
         }
         return cas;
     };
-    let ca_files = ca_files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let public = config.server.cert.display().to_string();
-    for (i, der) in config.server.chain.iter().enumerate() {
-        if let Ok(info) = CertInfo::parse(der) {
-            let role = if i == 0 {
-                "public certificate"
-            } else {
-                "public chain certificate"
-            };
-            findings.extend(expiry(&info, role, &public, options.warn_days));
-        }
-    }
-    for anchor in &anchors {
-        findings.extend(expiry(
-            &anchor.info,
-            "internal CA certificate",
-            &ca_files,
-            options.warn_days,
-        ));
+    // Expiry over the one certificate set the metrics publish too.
+    for cert in config.certificates() {
+        let Ok(info) = CertInfo::parse(&cert.der) else {
+            continue;
+        };
+        let role = match (cert.role, cert.index) {
+            ("public", 0) => "public certificate",
+            ("public", _) => "public chain certificate",
+            ("anchor", _) => "internal CA certificate",
+            ("client_ca", _) => "client CA certificate",
+            _ => {
+                let who = match cert.routes.as_slice() {
+                    [] => "the proxy's client certificate".to_owned(),
+                    [one] => format!("the client certificate of route {one}"),
+                    many => format!("the client certificate of routes {}", many.join(", ")),
+                };
+                let file = Path::new(&cert.file);
+                findings.extend(client_cert_expiry(&info, &who, file, options.warn_days));
+                continue;
+            }
+        };
+        findings.extend(expiry(&info, role, &cert.file, options.warn_days));
     }
     key_mode(&config.server.key, findings);
-    client_identities(config, options.warn_days, findings);
     cas
 }
 
@@ -366,54 +362,6 @@ fn public_anchors(
     }
 }
 
-/// `upstream-client-cert-expiring` for each distinct client certificate the proxy presents to
-/// backends: `[upstream_tls] client_cert` and the routes' own `upstream_client_cert`.
-fn client_identities(config: &Config, warn_days: i64, findings: &mut Vec<Finding>) {
-    let global = config.upstream_tls.identity.as_ref();
-    // Each file once: the global identity, then each route override with the routes using it.
-    let mut overrides: Vec<(&Identity, Vec<String>)> = Vec::new();
-    for route in config.routes.iter() {
-        let Some(identity) = route.client_identity.as_ref() else {
-            continue;
-        };
-        if global.is_some_and(|global| Arc::ptr_eq(global, identity)) {
-            continue;
-        }
-        let prefix = route.prefix.to_string();
-        match overrides
-            .iter_mut()
-            .find(|(seen, _)| seen.cert_file == identity.cert_file)
-        {
-            Some((_, prefixes)) => prefixes.push(prefix),
-            None => overrides.push((identity, vec![prefix])),
-        }
-    }
-    let global = global.map(|identity| (&**identity, "the proxy's client certificate".to_owned()));
-    let overrides = overrides.into_iter().map(|(identity, prefixes)| {
-        let routes = if prefixes.len() == 1 {
-            "route"
-        } else {
-            "routes"
-        };
-        let who = format!("the client certificate of {routes} {}", prefixes.join(", "));
-        (identity, who)
-    });
-    for (identity, who) in global.into_iter().chain(overrides) {
-        let leaf = identity
-            .chain
-            .first()
-            .and_then(|der| CertInfo::parse(der).ok());
-        if let Some(leaf) = leaf {
-            findings.extend(client_cert_expiry(
-                &leaf,
-                &who,
-                &identity.cert_file,
-                warn_days,
-            ));
-        }
-    }
-}
-
 /// A finding for the proxy's client certificate when it has expired (high: backends that
 /// demand it refuse the proxy) or expires within `warn_days` (medium).
 fn client_cert_expiry(
@@ -422,14 +370,7 @@ fn client_cert_expiry(
     cert_file: &Path,
     warn_days: i64,
 ) -> Option<Finding> {
-    let left = leaf.not_after - time::OffsetDateTime::now_utc();
-    let (severity, when) = if left.is_negative() {
-        (Severity::High, format!("expired {} ago", span(-left)))
-    } else if left < time::Duration::days(warn_days) {
-        (Severity::Medium, format!("expires in {}", span(left)))
-    } else {
-        return None;
-    };
+    let (severity, when) = due(leaf, warn_days)?;
     Some(Finding::new(
         severity,
         "upstream-client-cert-expiring",

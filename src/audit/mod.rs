@@ -216,6 +216,22 @@ pub async fn run(options: &Options) -> Report {
     Report { findings }
 }
 
+/// When a certificate is due: high and "expired … ago" once expired, medium and "expires in …"
+/// within `warn_days`, else `None`. Every expiry finding of the audit is decided here.
+pub(crate) fn due(
+    info: &crate::pki::inspect::CertInfo,
+    warn_days: i64,
+) -> Option<(Severity, String)> {
+    let left = info.not_after - time::OffsetDateTime::now_utc();
+    if left.is_negative() {
+        Some((Severity::High, format!("expired {} ago", span(-left))))
+    } else if left < time::Duration::days(warn_days) {
+        Some((Severity::Medium, format!("expires in {}", span(left))))
+    } else {
+        None
+    }
+}
+
 /// A finding for a certificate that is expired or expires within `warn_days`.
 pub(crate) fn expiry(
     info: &crate::pki::inspect::CertInfo,
@@ -223,26 +239,25 @@ pub(crate) fn expiry(
     location: &str,
     warn_days: i64,
 ) -> Option<Finding> {
-    let left = info.not_after - time::OffsetDateTime::now_utc();
-    if left.is_negative() {
-        Some(Finding::new(
-            Severity::High,
+    let (severity, when) = due(info, warn_days)?;
+    let (id, fix) = if severity == Severity::High {
+        (
             "cert-expired",
-            format!("{role} \"{}\" expired {} ago", info.subject, span(-left)),
-            location,
             "issue a new certificate (trustgate pki renew) and restart what serves it",
-        ))
-    } else if left < time::Duration::days(warn_days) {
-        Some(Finding::new(
-            Severity::Medium,
-            "cert-expiring",
-            format!("{role} \"{}\" expires in {}", info.subject, span(left)),
-            location,
-            "renew it now (trustgate pki renew --within ...) and restart what serves it",
-        ))
+        )
     } else {
-        None
-    }
+        (
+            "cert-expiring",
+            "renew it now (trustgate pki renew --within ...) and restart what serves it",
+        )
+    };
+    Some(Finding::new(
+        severity,
+        id,
+        format!("{role} \"{}\" {when}", info.subject),
+        location,
+        fix,
+    ))
 }
 
 fn span(duration: time::Duration) -> String {
