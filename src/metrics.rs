@@ -482,13 +482,8 @@ impl ConfigSeries {
                 }
             }
         }
-        let client_crls = config.server.client_auth.iter().flat_map(|a| &a.crls.crls);
         let crls = config
-            .upstream_tls
-            .crls
-            .crls
-            .iter()
-            .chain(client_crls)
+            .crls()
             .map(|crl| (crl.issuer.clone(), crl.next_update, crl.revoked_count()))
             .collect();
         let mut routes: Vec<String> = config.routes.iter().map(|r| r.prefix.to_string()).collect();

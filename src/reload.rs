@@ -153,13 +153,8 @@ impl Facts {
             })
             .collect();
         let inputs_paths = config.inputs();
-        let client_crls = config.server.client_auth.iter().flat_map(|a| &a.crls.crls);
         let crls = config
-            .upstream_tls
-            .crls
-            .crls
-            .iter()
-            .chain(client_crls)
+            .crls()
             .map(|crl| {
                 format!(
                     "{} of {} ({} revoked)",

@@ -27,7 +27,7 @@ pub use self::settings::{Limits, Timeouts};
 use crate::routing::{Prefix, Route, RouteTable, Upstream};
 use crate::tls;
 use crate::tls::client::Identity;
-use crate::tls::revocation::{CrlSet, Depth, Policy};
+use crate::tls::revocation::{Crl, CrlSet, Depth, Policy};
 use crate::tls::verify::{ClientVerifier, ServerVerifier};
 
 /// A fully loaded, valid configuration.
@@ -363,6 +363,12 @@ impl Config {
             );
         }
         certs
+    }
+
+    /// Every CRL in use: the upstream side's, then the client side's.
+    pub fn crls(&self) -> impl Iterator<Item = &Crl> {
+        let client = self.server.client_auth.iter().flat_map(|a| &a.crls.crls);
+        self.upstream_tls.crls.crls.iter().chain(client)
     }
 
     /// The folder of a config file: its relative paths start there (`.` for a bare file name).
