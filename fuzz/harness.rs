@@ -54,7 +54,7 @@ pub fn check_routes(routes: &[(&str, &str)], target: &str, location: &str, publi
         table.push(Route {
             prefix,
             upstream,
-            address: None,
+            balancing: trustgate::balance::settings::Balancing::single(None),
             preserve_host: i % 2 == 0,
             client_identity: None,
             require_client_cert: false,
@@ -267,7 +267,7 @@ static HEADER_ROUTE: LazyLock<(Route, Route)> = LazyLock::new(|| {
     let route = |preserve_host| Route {
         prefix: Prefix::parse("/api").expect("valid prefix"),
         upstream: Upstream::parse("https://backend-api:8443/").expect("valid upstream"),
-        address: None,
+        balancing: trustgate::balance::settings::Balancing::single(None),
         preserve_host,
         client_identity: None,
         require_client_cert: false,

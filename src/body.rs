@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
 
+use crate::balance::InFlight;
 use crate::connection::Turn;
 use tokio::time::{Instant, Sleep};
 
@@ -46,7 +47,12 @@ pub enum BodyStalled {
 /// The request body as sent upstream.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// `None`: no body at all (a health check, a retried GET).
+    inner: Option<Incoming>,
+    /// Hands the client's body back, untouched, when the upstream never asked for any of it (the
+    /// connect failed): the request may then go to another endpoint. Never a replay: a body of
+    /// which a single frame was polled is not handed back.
+    reclaim: Option<oneshot::Sender<Incoming>>,
     pace: UploadPace,
     /// The upload deadline; created the first time the upstream has to wait, so bodies that
     /// never keep it waiting (an empty GET, most small posts) cost no timer.
@@ -109,13 +115,25 @@ impl UploadWatch {
     }
 }
 
+/// Where a body that was never polled comes back ([`UpstreamBody::reclaimable`]).
+#[derive(Debug)]
+pub struct Reclaim(oneshot::Receiver<Incoming>);
+
+impl Reclaim {
+    /// The client's body, if the upstream never polled it and the request has been dropped.
+    pub fn take(mut self) -> Option<Incoming> {
+        self.0.try_recv().ok()
+    }
+}
+
 impl UpstreamBody {
-    /// Wraps `inner`, with the watch that tells when it has been sent.
-    pub fn new(inner: Incoming, pace: UploadPace) -> (Self, UploadWatch) {
+    /// Wraps `inner` (`None`: no body), with the watch that tells when it has been sent.
+    pub fn new(inner: Option<Incoming>, pace: UploadPace) -> (Self, UploadWatch) {
         let (sent, sent_rx) = oneshot::channel();
         let state = Arc::new(UploadState::default());
         let mut body = Self {
             inner,
+            reclaim: None,
             pace,
             deadline: None,
             credit: 0,
@@ -125,7 +143,7 @@ impl UpstreamBody {
             handed_over: None,
         };
         // An empty body (a GET) may never be polled: it counts as sent right away.
-        if body.inner.is_end_stream() {
+        if body.is_end_stream() {
             body.finish();
         }
         let watch = UploadWatch {
@@ -133,6 +151,25 @@ impl UpstreamBody {
             state,
         };
         (body, watch)
+    }
+
+    /// No body, for requests the proxy makes itself.
+    pub fn empty() -> Self {
+        Self::new(
+            None,
+            UploadPace {
+                stall: Duration::from_secs(1),
+                min_rate: 1,
+            },
+        )
+        .0
+    }
+
+    /// The body comes back through the returned [`Reclaim`] if it is dropped unpolled.
+    pub fn reclaimable(&mut self) -> Reclaim {
+        let (tx, rx) = oneshot::channel();
+        self.reclaim = Some(tx);
+        Reclaim(rx)
     }
 
     fn finish(&mut self) {
@@ -169,14 +206,18 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         this.state.polls.fetch_add(1, Relaxed);
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            this.finish();
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, |d| d.remaining() as u64);
                 this.credit += size;
                 if this.deadline.is_some() {
                     this.received += size;
                 }
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.finish();
                 }
                 this.handed_over = Some(Instant::now());
@@ -214,11 +255,24 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if self.state.polls.load(Relaxed) == 0
+            && let Some(reclaim) = self.reclaim.take()
+            && let Some(inner) = self.inner.take()
+        {
+            let _ = reclaim.send(inner);
+        }
     }
 }
 
@@ -235,6 +289,8 @@ pub struct UpstreamStalled(pub Duration);
 pub struct Streamed {
     inner: Incoming,
     turn: Option<Turn>,
+    /// Counts the request at its endpoint until the body ends.
+    in_flight: Option<InFlight>,
     idle: Duration,
     /// Armed while the client waits for the next frame; created the first time it has to wait.
     stall: Option<Pin<Box<Sleep>>>,
@@ -244,10 +300,17 @@ pub struct Streamed {
 }
 
 impl Streamed {
-    pub fn new(inner: Incoming, turn: Option<Turn>, idle: Duration, route: Arc<str>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        turn: Option<Turn>,
+        in_flight: Option<InFlight>,
+        idle: Duration,
+        route: Arc<str>,
+    ) -> Self {
         Self {
             inner,
             turn,
+            in_flight,
             idle,
             stall: None,
             rearm: false,
@@ -283,6 +346,7 @@ impl Body for Streamed {
                     return Poll::Pending;
                 }
                 this.turn = None;
+                this.in_flight = None;
                 let stalled = UpstreamStalled(this.idle);
                 tracing::warn!(route = %this.route, reason = %stalled,
                     "response aborted ([timeouts] response applies between body frames too)");
@@ -293,6 +357,7 @@ impl Body for Streamed {
                 if this.inner.is_end_stream() {
                     // The upstream connection is free again: so is the turn.
                     this.turn = None;
+                    this.in_flight = None;
                 }
                 polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
             }

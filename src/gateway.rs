@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::balance::{Resolve, SystemResolver};
 use crate::config::Config;
 use crate::connection::ConnectionInfo;
 use crate::generation::Generation;
@@ -31,6 +32,11 @@ impl Gateway {
     /// Builds generation 1 and the listener. Raises the soft descriptor limit to the hard one and
     /// splits the descriptors between client and upstream connections.
     pub fn new(config: &Config) -> Self {
+        Self::with_resolver(config, Arc::new(SystemResolver))
+    }
+
+    /// [`Gateway::new`], finding the endpoints of routes that rely on DNS with `resolver`.
+    pub fn with_resolver(config: &Config, resolver: Arc<dyn Resolve>) -> Self {
         let max_connections = config.server.max_connections;
         let mut limits = AdmissionLimits::new(&config.limits, max_connections);
         if let Some(usable) = admission::usable_descriptors() {
@@ -54,14 +60,19 @@ impl Gateway {
         }
         let metrics = Arc::new(Metrics::new());
         let current = Arc::new(ArcSwap::from_pointee(Generation::build(
-            config, 1, None, &metrics,
+            config, 1, None, &metrics, &resolver,
         )));
         metrics.serving(config, 1, current.load().upstreams());
         let source = current.clone();
         let settings = Arc::new(move || source.load().connections.clone());
         Self {
             server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace),
-            reloader: Arc::new(Reloader::new(config, current.clone(), metrics.clone())),
+            reloader: Arc::new(Reloader::new(
+                config,
+                current.clone(),
+                metrics.clone(),
+                resolver,
+            )),
             current,
             draining: Arc::default(),
             metrics,

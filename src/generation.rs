@@ -17,9 +17,10 @@ use std::time::Duration;
 use rustls::pki_types::UnixTime;
 use tracing::{info, warn};
 
+use crate::balance::{Balancer, BalancerKey, Resolve};
 use crate::config::{ClientAuth, Config};
 use crate::live::{self, ClientPeers, Peer};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamSource};
 use crate::proxy::Proxy;
 use crate::server::PerConnection;
 use crate::status::TrustStatus;
@@ -40,8 +41,9 @@ pub struct Generation {
     pub trust: TrustStatus,
     /// `[admin] token_file`'s token: the admin listener checks each request against it.
     pub admin_token: Option<Arc<str>>,
-    /// Every pool this generation uses, for the next generation to keep what did not change.
-    pools: HashMap<PoolKey, Arc<Pool>>,
+    /// Each route's balancer, in the route table's order, for the next generation to keep what
+    /// did not change.
+    balancers: Box<[Arc<Balancer>]>,
     /// What upstream connections are verified with, to tell whether a reload changes it.
     upstream_trust: [u8; 32],
     /// The same for client certificates (`None`: no client auth).
@@ -51,53 +53,63 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Builds generation `number` from `config`. Pools whose upstream, address, client identity
-    /// and timeouts are unchanged from `previous` are kept, warm connections and all. When the
-    /// upstream or client trust changed, open connections are judged again first.
+    /// Builds generation `number` from `config`. A route whose balancing, upstream, client
+    /// identity and timeouts are unchanged from `previous` keeps its balancer (endpoints, health
+    /// and warm connections); a changed one gets a new balancer that still keeps the warm pools of
+    /// the endpoints it shares with the old. When the upstream or client trust changed, open
+    /// connections are judged again first. DNS is asked for the endpoints of new routes.
     pub fn build(
         config: &Config,
         number: u64,
         previous: Option<&Generation>,
         metrics: &Arc<Metrics>,
+        resolver: &Arc<dyn Resolve>,
     ) -> Self {
         let upstream = &config.upstream_tls;
         let retrust = previous.filter(|p| p.upstream_trust != upstream.trust_id);
         // New handshakes in every old pool use the new trust before open connections are judged,
         // so none opened meanwhile escapes both.
-        for pool in retrust.iter().flat_map(|p| p.pools.values()) {
-            pool.retrust(upstream.verifier.clone());
+        for balancer in retrust.iter().flat_map(|p| p.balancers.iter()) {
+            balancer.retrust(&upstream.verifier);
         }
-        let mut pools: HashMap<PoolKey, Arc<Pool>> = HashMap::new();
-        let route_pools: Box<[Arc<Pool>]> = config
+        let warm: HashMap<PoolKey, Arc<Pool>> = previous
+            .iter()
+            .flat_map(|p| p.balancers.iter())
+            .flat_map(|b| b.pools())
+            .collect();
+        let balancers: Box<[Arc<Balancer>]> = config
             .routes
             .iter()
             .map(|route| {
-                let key = PoolKey::new(route, &config.timeouts);
-                let pool = pools.entry(key.clone()).or_insert_with(|| {
-                    previous
-                        .and_then(|p| p.pools.get(&key).cloned())
-                        .inspect(|pool| pool.label(metrics, route.prefix.as_str()))
-                        .unwrap_or_else(|| {
-                            Arc::new(Pool::new(
-                                &key,
-                                route.client_identity.clone(),
-                                upstream.verifier.clone(),
-                                metrics.upstream(route.prefix.as_str()),
-                            ))
-                        })
-                });
-                pool.clone()
+                let key = BalancerKey::new(route, &config.timeouts);
+                previous
+                    .and_then(|p| p.balancers.iter().find(|b| b.key == key).cloned())
+                    .unwrap_or_else(|| {
+                        Balancer::new(
+                            route,
+                            &config.timeouts,
+                            upstream.verifier.clone(),
+                            metrics,
+                            resolver.clone(),
+                            &|key| warm.get(key).cloned(),
+                        )
+                    })
             })
             .collect();
-        let stats = route_pools
-            .iter()
-            .map(|p| p.metrics().stats.clone())
-            .collect();
-        let trust = TrustStatus::new(config, number, stats);
+        for old in previous.iter().flat_map(|p| p.balancers.iter()) {
+            if !balancers.iter().any(|b| Arc::ptr_eq(b, old)) {
+                old.retire(&|route, address| {
+                    balancers
+                        .iter()
+                        .any(|b| b.route() == route && b.has(address))
+                });
+            }
+        }
+        let trust = TrustStatus::new(config, number, balancers.to_vec());
         let mut severed: Vec<Arc<Peer>> = retrust
             .iter()
-            .flat_map(|p| p.pools.values())
-            .flat_map(|pool| pool.recheck(&upstream.verifier))
+            .flat_map(|p| p.balancers.iter())
+            .flat_map(|b| b.recheck(&upstream.verifier))
             .collect();
 
         let client_auth = config.server.client_auth.as_ref();
@@ -131,7 +143,7 @@ impl Generation {
             ),
             proxy: Proxy::new(
                 config.routes.clone(),
-                route_pools,
+                balancers.clone(),
                 &config.timeouts,
                 &config.limits,
                 client_auth.is_some_and(|auth| auth.forward_chain),
@@ -140,7 +152,7 @@ impl Generation {
             ),
             admin_token: config.admin.as_ref().and_then(|a| a.token.clone()),
             trust,
-            pools,
+            balancers,
             upstream_trust: upstream.trust_id,
             client_trust,
             clients,
@@ -149,16 +161,19 @@ impl Generation {
 }
 
 impl Generation {
-    /// Each upstream's record, with the route its metrics are labelled by.
-    pub fn upstreams(&self) -> Vec<(String, Arc<crate::metrics::UpstreamStats>)> {
-        let mut seen: Vec<(String, Arc<crate::metrics::UpstreamStats>)> = Vec::new();
-        for pool in self.pools.values() {
-            let metrics = pool.metrics();
-            if !seen.iter().any(|(_, s)| Arc::ptr_eq(s, &metrics.stats)) {
-                seen.push((metrics.route().to_owned(), metrics.stats.clone()));
-            }
-        }
-        seen
+    /// Lists each upstream endpoint's record, with the route its metrics are labelled by, as the
+    /// endpoints are when asked.
+    pub fn upstreams(&self) -> UpstreamSource {
+        let balancers = self.balancers.clone();
+        Box::new(move || {
+            balancers
+                .iter()
+                .flat_map(|b| {
+                    let route = b.route().to_owned();
+                    b.stats().into_iter().map(move |s| (route.clone(), s))
+                })
+                .collect()
+        })
     }
 }
 

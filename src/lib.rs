@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod balance;
 pub mod body;
 pub mod config;
 pub mod connection;

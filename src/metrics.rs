@@ -57,6 +57,32 @@ struct HandshakeLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    route: String,
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointResultLabels {
+    route: String,
+    endpoint: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointReasonLabels {
+    route: String,
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteReasonLabels {
+    route: String,
+    reason: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabel, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -74,6 +100,11 @@ pub struct Metrics {
     upstream_handshakes: Family<UpstreamHandshakeLabels, Counter>,
     upstream_connect: HistogramFamily,
     upstream_connections: Family<RouteLabel, Gauge>,
+    endpoint_up: Family<EndpointLabels, Gauge>,
+    endpoint_requests: Family<EndpointLabels, Counter>,
+    health_checks: Family<EndpointResultLabels, Counter>,
+    ejections: Family<EndpointReasonLabels, Counter>,
+    retries: Family<RouteReasonLabels, Counter>,
     state: Arc<State>,
 }
 
@@ -84,7 +115,7 @@ impl fmt::Debug for Metrics {
 }
 
 /// What the collector reads at scrape time.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     generation: AtomicU64,
     /// 1 when the last reload applied (or nothing needed applying), 0 when it was refused.
@@ -92,8 +123,9 @@ struct State {
     /// Seconds since the epoch of the last successful load or reload.
     last_success: AtomicU64,
     config: ArcSwapOption<ConfigSeries>,
-    /// Each upstream's record of what it presented, with the route it is labelled by.
-    upstreams: ArcSwapOption<Vec<(String, Arc<UpstreamStats>)>>,
+    /// Lists each upstream endpoint's record of what it presented, with the route it is
+    /// labelled by: endpoints found by DNS come and go between reloads.
+    upstreams: ArcSwapOption<UpstreamSource>,
 }
 
 impl Default for Metrics {
@@ -153,6 +185,40 @@ impl Metrics {
             "Upstream connections open now, by route",
             upstream_connections.clone(),
         );
+        let endpoint_up = Family::<EndpointLabels, Gauge>::default();
+        registry.register(
+            "upstream_endpoint_up",
+            "1 while an upstream endpoint is in rotation, 0 while it is out (failing checks, \
+             ejected, or failing TLS verification), by route and endpoint address",
+            endpoint_up.clone(),
+        );
+        let endpoint_requests = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "upstream_endpoint_requests",
+            "Requests sent to each upstream endpoint (retries included), by route and endpoint",
+            endpoint_requests.clone(),
+        );
+        let health_checks = Family::<EndpointResultLabels, Counter>::default();
+        registry.register(
+            "upstream_health_checks",
+            "Active health checks and re-verification handshakes, by route, endpoint and result \
+             (ok, status, timeout, connect, tls)",
+            health_checks.clone(),
+        );
+        let ejections = Family::<EndpointReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Endpoints taken out of rotation, by route, endpoint and reason (fails: passive \
+             failures within fail_timeout; health_check: active checks; tls: verification failed)",
+            ejections.clone(),
+        );
+        let retries = Family::<RouteReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent to another endpoint after one failed before any of it reached an \
+             upstream, by route and reason (connect, tls, timeout, closed)",
+            retries.clone(),
+        );
         let state = Arc::new(State {
             last_reload_ok: AtomicU64::new(1),
             ..State::default()
@@ -168,8 +234,76 @@ impl Metrics {
             upstream_handshakes,
             upstream_connect,
             upstream_connections,
+            endpoint_up,
+            endpoint_requests,
+            health_checks,
+            ejections,
+            retries,
             state,
         }
+    }
+
+    /// The handles one endpoint of `route` records through, every series present from the start.
+    pub fn endpoint(self: &Arc<Self>, route: &str, endpoint: &str) -> EndpointMetrics {
+        let labels = EndpointLabels {
+            route: route.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        let checks = CHECK_RESULTS.map(|result| {
+            self.health_checks
+                .get_or_create_owned(&EndpointResultLabels {
+                    route: route.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    result,
+                })
+        });
+        let ejections = EJECTION_REASONS.map(|reason| {
+            self.ejections.get_or_create_owned(&EndpointReasonLabels {
+                route: route.to_owned(),
+                endpoint: endpoint.to_owned(),
+                reason,
+            })
+        });
+        EndpointMetrics {
+            up: self.endpoint_up.get_or_create_owned(&labels),
+            requests: self.endpoint_requests.get_or_create_owned(&labels),
+            checks,
+            ejections,
+        }
+    }
+
+    /// Removes the series of an endpoint that left `route`'s set.
+    pub fn forget_endpoint(&self, route: &str, endpoint: &str) {
+        let labels = EndpointLabels {
+            route: route.to_owned(),
+            endpoint: endpoint.to_owned(),
+        };
+        self.endpoint_up.remove(&labels);
+        self.endpoint_requests.remove(&labels);
+        for result in CHECK_RESULTS {
+            self.health_checks.remove(&EndpointResultLabels {
+                route: route.to_owned(),
+                endpoint: endpoint.to_owned(),
+                result,
+            });
+        }
+        for reason in EJECTION_REASONS {
+            self.ejections.remove(&EndpointReasonLabels {
+                route: route.to_owned(),
+                endpoint: endpoint.to_owned(),
+                reason,
+            });
+        }
+    }
+
+    /// `route`'s retry counters, one per reason, present from the start.
+    pub fn retries(self: &Arc<Self>, route: &str) -> RetryMetrics {
+        RetryMetrics(RETRY_REASONS.map(|reason| {
+            self.retries.get_or_create_owned(&RouteReasonLabels {
+                route: route.to_owned(),
+                reason,
+            })
+        }))
     }
 
     /// The handles an upstream pool records through, labelled with `route`, the first route
@@ -229,12 +363,7 @@ impl Metrics {
 
     /// A generation built from `config` now serves: its number and its certificates and CRLs
     /// become the series of `/metrics`; series of routes it no longer has are removed.
-    pub fn serving(
-        &self,
-        config: &Config,
-        generation: u64,
-        upstreams: Vec<(String, Arc<UpstreamStats>)>,
-    ) {
+    pub fn serving(&self, config: &Config, generation: u64, upstreams: UpstreamSource) {
         let series = ConfigSeries::of(config);
         if let Some(previous) = self.state.config.load_full() {
             for gone in previous
@@ -314,6 +443,12 @@ impl Metrics {
                 code,
             });
         }
+        for reason in RETRY_REASONS {
+            self.retries.remove(&RouteReasonLabels {
+                route: route.to_owned(),
+                reason,
+            });
+        }
     }
 }
 
@@ -331,6 +466,67 @@ const REASONS: [&str; 11] = [
     "bad_chain",
     "other",
 ];
+
+/// Lists every upstream endpoint's record, with the route it is labelled by, when asked.
+pub type UpstreamSource = Box<dyn Fn() -> Vec<(String, Arc<UpstreamStats>)> + Send + Sync>;
+
+/// The `result` label values of `trustgate_upstream_health_checks_total`.
+pub const CHECK_RESULTS: [&str; 5] = ["ok", "status", "timeout", "connect", "tls"];
+/// The `reason` label values of `trustgate_upstream_ejections_total`.
+pub const EJECTION_REASONS: [&str; 3] = ["fails", "health_check", "tls"];
+/// The `reason` label values of `trustgate_upstream_retries_total`.
+pub const RETRY_REASONS: [&str; 4] = ["connect", "tls", "timeout", "closed"];
+
+/// One endpoint's handles, resolved when the endpoint joins its route's set.
+pub struct EndpointMetrics {
+    pub up: Gauge,
+    pub requests: Counter,
+    /// In [`CHECK_RESULTS`]' order.
+    checks: [Counter; 5],
+    /// In [`EJECTION_REASONS`]' order.
+    ejections: [Counter; 3],
+}
+
+impl fmt::Debug for EndpointMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EndpointMetrics")
+    }
+}
+
+impl EndpointMetrics {
+    /// A health check (or re-verification handshake) ended with `result`, one of
+    /// [`CHECK_RESULTS`].
+    pub fn checked(&self, result: &str) {
+        if let Some(i) = CHECK_RESULTS.iter().position(|r| *r == result) {
+            self.checks[i].inc();
+        }
+    }
+
+    /// The endpoint left rotation for `reason`, one of [`EJECTION_REASONS`].
+    pub fn ejected(&self, reason: &str) {
+        if let Some(i) = EJECTION_REASONS.iter().position(|r| *r == reason) {
+            self.ejections[i].inc();
+        }
+    }
+}
+
+/// One route's retry counters, in [`RETRY_REASONS`]' order.
+pub struct RetryMetrics([Counter; 4]);
+
+impl RetryMetrics {
+    /// A request is sent again after a failure of kind `reason`, one of [`RETRY_REASONS`].
+    pub fn retried(&self, reason: &str) {
+        if let Some(i) = RETRY_REASONS.iter().position(|r| *r == reason) {
+            self.0[i].inc();
+        }
+    }
+}
+
+impl fmt::Debug for RetryMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetryMetrics")
+    }
+}
 
 /// One upstream's handles and record (kept by its pool across generations).
 #[derive(Clone)]
@@ -497,8 +693,13 @@ impl ConfigSeries {
 }
 
 /// Computes the configuration's series at scrape time.
-#[derive(Debug)]
 struct ConfigCollector(Arc<State>);
+
+impl fmt::Debug for ConfigCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigCollector")
+    }
+}
 
 impl Collector for ConfigCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
@@ -547,13 +748,29 @@ impl Collector for ConfigCollector {
             metric.encode(family.encode_family(&vec![("version", env!("CARGO_PKG_VERSION"))])?)?;
         }
         if let Some(upstreams) = state.upstreams.load_full() {
-            let seen: Vec<(String, SeenLeaf)> = upstreams
-                .iter()
-                .filter_map(|(route, stats)| {
-                    let leaf = stats.last_leaf.lock().unwrap_or_else(|e| e.into_inner());
-                    leaf.clone().map(|leaf| (route.clone(), leaf))
-                })
-                .collect();
+            // Replicas of one service present the same leaf: one series each, the latest seen.
+            let mut seen: Vec<(String, SeenLeaf)> = Vec::new();
+            for (route, stats) in upstreams() {
+                let Some(leaf) = stats
+                    .last_leaf
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                else {
+                    continue;
+                };
+                let same = |(r, l): &&mut (String, SeenLeaf)| {
+                    *r == route
+                        && l.name == leaf.name
+                        && l.info.serial == leaf.info.serial
+                        && l.info.issuer == leaf.info.issuer
+                };
+                match seen.iter_mut().find(same) {
+                    Some(kept) if kept.1.seen_at < leaf.seen_at => kept.1 = leaf,
+                    Some(_) => {}
+                    None => seen.push((route, leaf)),
+                }
+            }
             type Pick = fn(&SeenLeaf) -> i64;
             let series: [(&str, &str, Pick); 2] = [
                 (

@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::balance::Resolve;
 use crate::config::{Config, ConfigError, Problem};
 use crate::generation::Generation;
 use crate::metrics::Metrics;
@@ -143,9 +144,8 @@ impl Facts {
             .iter()
             .map(|route| {
                 let mut to = route.upstream.to_string();
-                if let Some(address) = route.address {
-                    let _ = write!(to, " via {address}");
-                }
+                let _ = write!(to, " ({}", route.balancing.discovery);
+                let _ = write!(to, ", {})", route.balancing.policy);
                 if !route.preserve_host {
                     to.push_str(" (host rewritten)");
                 }
@@ -265,17 +265,25 @@ pub struct Reloader {
     /// What the serving generation was built from; the lock also makes reloads single-flight.
     serving: Mutex<Facts>,
     metrics: Arc<Metrics>,
+    /// Finds the endpoints of routes that rely on DNS.
+    resolver: Arc<dyn Resolve>,
 }
 
 impl Reloader {
     /// For a gateway started from `config`, whose generation is `current`.
-    pub fn new(config: &Config, current: Arc<ArcSwap<Generation>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        current: Arc<ArcSwap<Generation>>,
+        metrics: Arc<Metrics>,
+        resolver: Arc<dyn Resolve>,
+    ) -> Self {
         Self {
             path: config.path.clone(),
             current,
             fixed: Fixed::of(config),
             serving: Mutex::new(Facts::of(config)),
             metrics,
+            resolver,
         }
     }
 
@@ -330,8 +338,13 @@ impl Reloader {
             facts.inputs = before;
         }
         let previous = self.current.load_full();
-        let generation =
-            Generation::build(&config, previous.number + 1, Some(&previous), &self.metrics);
+        let generation = Generation::build(
+            &config,
+            previous.number + 1,
+            Some(&previous),
+            &self.metrics,
+            &self.resolver,
+        );
         let number = generation.number;
         let upstreams = generation.upstreams();
         self.current.store(Arc::new(generation));

@@ -5,13 +5,13 @@
 //! first, with no allocation and no lock.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 use rustls::pki_types::ServerName;
 
+use crate::balance::settings::Balancing;
 use crate::tls::client::Identity;
 
 /// A path prefix that matches on segment boundaries: `/api` matches `/api` and `/api/x`, not
@@ -192,8 +192,9 @@ impl fmt::Display for Upstream {
 pub struct Route {
     pub prefix: Prefix,
     pub upstream: Upstream,
-    /// Connect here instead of resolving the upstream host; the verified name does not change.
-    pub address: Option<SocketAddr>,
+    /// Where the service's endpoints are and how requests are spread over them; the verified
+    /// name is the upstream host whatever address a connection goes to.
+    pub balancing: Balancing,
     /// Forward the client's `Host` (Apache's `ProxyPreserveHost On`).
     pub preserve_host: bool,
     /// The client certificate presented to this upstream when it asks for one: the route's
@@ -344,7 +345,7 @@ mod tests {
         Route {
             prefix: Prefix::parse(prefix).unwrap(),
             upstream: Upstream::parse(upstream).unwrap(),
-            address: None,
+            balancing: Balancing::single(None),
             preserve_host: true,
             client_identity: None,
             require_client_cert: false,

@@ -11,8 +11,10 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::balance::Balancer;
+use crate::balance::settings::Discovery;
 use crate::config::Config;
-use crate::metrics::UpstreamStats;
+use crate::metrics::{SeenLeaf, UpstreamStats};
 use crate::pki::inspect::{CertInfo, rfc3339};
 use crate::tls::revocation::CrlSet;
 
@@ -23,12 +25,12 @@ pub struct TrustStatus {
     loaded_at: OffsetDateTime,
     public_cert: Value,
     client_auth: Value,
-    routes: Vec<(Value, Arc<UpstreamStats>)>,
+    routes: Vec<(Value, Arc<Balancer>)>,
 }
 
 impl TrustStatus {
-    /// `stats` holds each route's upstream record, in the config's route order.
-    pub fn new(config: &Config, generation: u64, stats: Vec<Arc<UpstreamStats>>) -> Self {
+    /// `balancers` holds each route's balancer, in the config's route order.
+    pub fn new(config: &Config, generation: u64, balancers: Vec<Arc<Balancer>>) -> Self {
         let anchors: Vec<Value> = config
             .upstream_tls
             .anchors
@@ -39,8 +41,8 @@ impl TrustStatus {
         let routes = config
             .routes
             .iter()
-            .zip(stats)
-            .map(|(route, stats)| {
+            .zip(balancers)
+            .map(|(route, balancer)| {
                 let client_cert = route
                     .client_identity
                     .as_ref()
@@ -50,7 +52,16 @@ impl TrustStatus {
                     "prefix": route.prefix.as_str(),
                     "upstream": route.upstream.to_string(),
                     "name": route.upstream.host(),
-                    "address": route.address.map(|a| a.to_string()),
+                    "discovery": match &route.balancing.discovery {
+                        Discovery::Dns { interval } => json!({
+                            "dns": humantime::format_duration(*interval).to_string()
+                        }),
+                        Discovery::Static(addresses) => json!({
+                            "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>()
+                        }),
+                    },
+                    "balance": route.balancing.policy.to_string(),
+                    "health_check": route.balancing.health.as_ref().map(|h| h.path.to_string()),
                     "anchors": anchors,
                     "crls": upstream_crls,
                     "revocation": if config.upstream_tls.crls.is_empty() {
@@ -61,7 +72,7 @@ impl TrustStatus {
                     "client_cert": client_cert,
                     "require_client_cert": route.require_client_cert,
                 });
-                (fixed, stats)
+                (fixed, balancer)
             })
             .collect();
         let client_auth = config
@@ -89,29 +100,37 @@ impl TrustStatus {
         let routes: Vec<Value> = self
             .routes
             .iter()
-            .map(|(fixed, stats)| {
+            .map(|(fixed, balancer)| {
                 let mut route = fixed.clone();
-                let leaf = stats
-                    .last_leaf
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let refusal = stats
-                    .last_refusal
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                route["last_leaf"] = leaf.map_or(Value::Null, |leaf| {
-                    let mut value = info(&leaf.info);
-                    value["seen_at"] = Value::String(at(leaf.seen_at as i64));
-                    value
-                });
-                route["last_refusal"] = refusal.map_or(
-                    Value::Null,
-                    |(reason, when)| json!({ "reason": reason, "at": at(when as i64) }),
-                );
-                route["verified"] = stats.verified.load(Ordering::Relaxed).into();
-                route["refused"] = stats.refused.load(Ordering::Relaxed).into();
+                let endpoints = balancer.status();
+                let records: Vec<Record> = endpoints.iter().map(|e| Record::of(&e.stats)).collect();
+                // The route's own view: the latest leaf and refusal of any endpoint, and sums.
+                let latest_leaf = records
+                    .iter()
+                    .filter_map(|r| r.leaf.as_ref())
+                    .max_by_key(|l| l.seen_at);
+                let latest_refusal = records
+                    .iter()
+                    .filter_map(|r| r.refusal.as_ref())
+                    .max_by_key(|(_, at)| *at);
+                route["last_leaf"] = latest_leaf.map_or(Value::Null, leaf_json);
+                route["last_refusal"] = latest_refusal.map_or(Value::Null, refusal_json);
+                route["verified"] = records.iter().map(|r| r.verified).sum::<u64>().into();
+                route["refused"] = records.iter().map(|r| r.refused).sum::<u64>().into();
+                route["endpoints"] = endpoints
+                    .iter()
+                    .zip(&records)
+                    .map(|(e, r)| {
+                        json!({
+                            "address": e.address.to_string(),
+                            "up": e.up,
+                            "why": e.why,
+                            "in_flight": e.pending,
+                            "last_leaf": r.leaf.as_ref().map_or(Value::Null, leaf_json),
+                            "last_refusal": r.refusal.as_ref().map_or(Value::Null, refusal_json),
+                        })
+                    })
+                    .collect();
                 route
             })
             .collect();
@@ -123,6 +142,43 @@ impl TrustStatus {
             "routes": routes,
         })
     }
+}
+
+/// One endpoint's record, read once.
+struct Record {
+    leaf: Option<SeenLeaf>,
+    refusal: Option<(String, u64)>,
+    verified: u64,
+    refused: u64,
+}
+
+impl Record {
+    fn of(stats: &UpstreamStats) -> Self {
+        Self {
+            leaf: stats
+                .last_leaf
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            refusal: stats
+                .last_refusal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            verified: stats.verified.load(Ordering::Relaxed),
+            refused: stats.refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn leaf_json(leaf: &SeenLeaf) -> Value {
+    let mut value = info(&leaf.info);
+    value["seen_at"] = Value::String(at(leaf.seen_at as i64));
+    value
+}
+
+fn refusal_json((reason, when): &(String, u64)) -> Value {
+    json!({ "reason": reason, "at": at(*when as i64) })
 }
 
 fn cert(der: &[u8]) -> Value {
@@ -310,6 +366,34 @@ pub fn render(status: &Value, now: OffsetDateTime) -> String {
             route["verified"],
             route["refused"],
         );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:<40} {:<5} {:>9}  WHY / LEAF",
+        "ROUTE", "ENDPOINT", "STATE", "IN FLIGHT"
+    );
+    for route in &routes {
+        for endpoint in route["endpoints"].as_array().into_iter().flatten() {
+            let up = endpoint["up"].as_bool().unwrap_or(false);
+            let detail = if up {
+                let leaf = &endpoint["last_leaf"];
+                if leaf.is_object() {
+                    format!("serial {}", text(&leaf["serial"]))
+                } else {
+                    "-".into()
+                }
+            } else {
+                text(&endpoint["why"])
+            };
+            let _ = writeln!(
+                out,
+                "{:<12} {:<40} {:<5} {:>9}  {detail}",
+                text(&route["prefix"]),
+                text(&endpoint["address"]),
+                if up { "up" } else { "DOWN" },
+                endpoint["in_flight"],
+            );
+        }
     }
     let crls: Vec<&Value> = routes
         .first()

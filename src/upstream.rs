@@ -1,6 +1,6 @@
 //! The upstream clients: pooled keep-alive connections over TLS that trusts the internal CA only.
 //!
-//! One [`Pool`] per distinct upstream ([`PoolKey`]: host, port, fixed address, the client
+//! One [`Pool`] per upstream endpoint ([`PoolKey`]: host, port, endpoint address, the client
 //! identity presented, timeouts). A pool outlives reloads that do not change its key. When the
 //! upstream trust changes (anchors, CRLs, revocation policy), the pool's connector switches to the
 //! new verifier for every new handshake ([`Pool::retrust`]), and each open connection's verified
@@ -12,7 +12,7 @@
 //!   upstream costs seconds, not the OS's minutes, and records each verified connection.
 //! - hyper-rustls `HttpsConnector`: https only; SNI and the name verified against the certificate
 //!   are the upstream URL's host (the service name), whatever address the TCP connection goes to.
-//! - [`TcpConnector`]: connects to the route's `address` when one is set, else resolves the host;
+//! - [`TcpConnector`]: connects to the endpoint's address ([`crate::balance`] finds them);
 //!   its writes fail when the upstream stops reading ([`WriteGuarded`]), and the socket can be
 //!   severed when its peer stops verifying ([`Severable`]).
 
@@ -53,13 +53,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The pooled client requests are sent with.
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 
-/// What makes two routes share a pool: the same upstream, reached the same way, presenting the
-/// same client certificate.
+/// What makes two routes share a pool: the same upstream at the same endpoint address, reached
+/// the same way, presenting the same client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     host: String,
     port: u16,
-    address: Option<SocketAddr>,
+    address: SocketAddr,
     /// The client identity's id, when the route presents one.
     identity: Option<[u8; 32]>,
     connect: Duration,
@@ -67,11 +67,12 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
-    pub fn new(route: &Route, timeouts: &Timeouts) -> Self {
+    /// The key of `route`'s pool for its endpoint at `address`.
+    pub fn new(route: &Route, address: SocketAddr, timeouts: &Timeouts) -> Self {
         Self {
             host: route.upstream.host().to_ascii_lowercase(),
             port: route.upstream.port(),
-            address: route.address,
+            address,
             identity: route.client_identity.as_ref().map(|i| i.id),
             connect: timeouts.connect,
             write_limit: timeouts.response,
@@ -87,6 +88,8 @@ impl PoolKey {
 pub struct Pool {
     pub client: UpstreamClient,
     pub http1_client: UpstreamClient,
+    /// Connects outside the pool, for re-verification handshakes.
+    handshakes: Connector,
     shared: Arc<PoolTls>,
 }
 
@@ -164,8 +167,15 @@ impl Pool {
         Self {
             client: pooled(connector(true)),
             http1_client: pooled(connector(false)),
+            handshakes: connector(false),
             shared,
         }
+    }
+
+    /// Opens a connection to `uri`'s authority at the pool's address, verified as every
+    /// connection is, and closes it: whether the endpoint verifies now.
+    pub async fn handshake(&self, uri: Uri) -> Result<(), BoxError> {
+        self.handshakes.clone().call(uri).await.map(drop)
     }
 
     /// What this upstream presented and how its handshakes went.
@@ -228,6 +238,77 @@ pub fn tls_error<'e>(mut e: &'e (dyn std::error::Error + 'static)) -> Option<&'e
         }
         e = e.source()?;
     }
+}
+
+/// Finds the most specific cause in an error chain and says it in words.
+///
+/// hyper-util reports only `client error (Connect)`; the cause sits deeper. `io::Error::source()`
+/// skips the error it wraps, so each `io::Error`'s payload is inspected through `get_ref()` too.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let connecting = err
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_none_or(|e| e.is_connect());
+    if let Some(reason) = find_cause(err, connecting) {
+        return reason;
+    }
+    if let Some(hyper) = err.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
+        if hyper.is_incomplete_message() {
+            return "the upstream closed the connection before sending a complete response".into();
+        }
+        if hyper.is_user() {
+            return format!("the request could not be sent: {hyper}");
+        }
+    }
+    let mut innermost = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    format!("upstream exchange failed: {innermost}")
+}
+
+/// Depth-first search of the chain, descending into `io::Error` payloads (which may nest).
+/// `connecting`: the error happened while connecting (TCP + TLS), not in the exchange after.
+fn find_cause(e: &(dyn std::error::Error + 'static), connecting: bool) -> Option<String> {
+    known_cause(e, connecting)
+        .or_else(|| {
+            e.downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| find_cause(inner, connecting))
+        })
+        .or_else(|| e.source().and_then(|source| find_cause(source, connecting)))
+}
+
+fn known_cause(e: &(dyn std::error::Error + 'static), connecting: bool) -> Option<String> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(reason::tls(tls, Side::Upstream));
+    }
+    if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
+        return Some(stalled.to_string());
+    }
+    if let Some(timeout) = e.downcast_ref::<ConnectTimeout>() {
+        return Some(timeout.to_string());
+    }
+    if let Some(connect) = e.downcast_ref::<TcpConnectError>() {
+        return Some(match connect.source.kind() {
+            io::ErrorKind::ConnectionRefused => {
+                format!(
+                    "connection refused by {}: is the service up?",
+                    connect.target
+                )
+            }
+            _ => connect.to_string(),
+        });
+    }
+    if let Some(io) = e.downcast_ref::<io::Error>()
+        && io.kind() == io::ErrorKind::UnexpectedEof
+    {
+        return Some(if connecting {
+            "the upstream closed the connection during the TLS handshake".into()
+        } else {
+            "the upstream closed the connection before sending a complete response".into()
+        });
+    }
+    None
 }
 
 /// The check a new handshake would make, on the chain a connection verified when it opened.
@@ -362,19 +443,19 @@ impl Service<Uri> for Connector {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to {target}: {source}")]
 pub struct TcpConnectError {
-    /// `host:port`, plus the fixed address when the route sets one.
+    /// `host:port at address`.
     pub target: String,
     #[source]
     pub source: std::io::Error,
 }
 
-/// Plain TCP to the upstream: the route's fixed `address` if it has one, else DNS.
+/// Plain TCP to one endpoint's address (the name is never resolved here: the balancer's
+/// discovery found the address).
 #[derive(Clone, Debug)]
 pub struct TcpConnector {
     /// How long a write to the upstream may wait for the upstream to read.
     write_limit: Duration,
-    /// The address to dial instead of resolving the host.
-    address: Option<SocketAddr>,
+    address: SocketAddr,
 }
 
 impl Service<Uri> for TcpConnector {
@@ -394,23 +475,16 @@ impl Service<Uri> for TcpConnector {
             .trim_end_matches(']')
             .to_ascii_lowercase();
         let port = uri.port_u16().unwrap_or(443);
-        let fixed = self.address;
+        let address = self.address;
         let write_limit = self.write_limit;
         Box::pin(async move {
-            let (target, connected) = match fixed {
-                Some(address) => (
-                    format!("{host}:{port} at {address}"),
-                    TcpStream::connect(address).await,
-                ),
-                None => (
-                    format!("{host}:{port}"),
-                    TcpStream::connect((host.as_str(), port)).await,
-                ),
-            };
-            let stream = connected.map_err(|source| TcpConnectError {
-                target: target.clone(),
-                source,
-            })?;
+            let target = format!("{host}:{port} at {address}");
+            let stream = TcpStream::connect(address)
+                .await
+                .map_err(|source| TcpConnectError {
+                    target: target.clone(),
+                    source,
+                })?;
             // Small proxied requests must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
             let address = stream

@@ -174,10 +174,11 @@ fn check_prints_the_summary_of_a_good_config() {
             pki.path("public/fullchain.pem").display()
         ),
         "  CN=Test Internal Root".to_owned(),
-        "  /api -> https://backend-api:8443/  verified name \"backend-api\"  host preserved"
+        "  /api -> https://backend-api:8443/  verified name \"backend-api\"  endpoints from DNS \
+         every 5s  least_pending retries 2 fails 3 within 10s  host preserved"
             .to_owned(),
         "  /reports -> https://backend-reports:8443/  verified name \"backend-reports\"  \
-         via 127.0.0.1:9443  host rewritten"
+         at 127.0.0.1:9443  host rewritten"
             .to_owned(),
         "timeouts: connect 5s, response 1m, client header 10s, idle 1m, client send 1m, \
          tunnel idle 1h; shutdown grace 5s"

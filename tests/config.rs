@@ -297,29 +297,164 @@ fn duplicate_prefix_names_the_first_line() {
 }
 
 #[test]
-fn one_upstream_cannot_have_two_addresses() {
+fn routes_to_one_upstream_may_use_different_endpoints() {
+    // Each route has its own endpoints and pools: another route to the same service may list
+    // other addresses (a canary, say).
     let pki = TestPki::new();
-    let second = |address: &str| {
-        format!(
-            "{BASE}address = \"127.0.0.1:9001\"\n\n[[route]]\nprefix = \"/v2\"\n\
-             upstream = \"https://BACKEND-API:8443/v2/\"\naddress = \"{address}\"\n"
-        )
-    };
-    // Same host:port (case-insensitively), same address: fine.
-    let (_, loaded) = load(&pki, &second("127.0.0.1:9001"));
-    let config = loaded.unwrap_or_else(|e| panic!("same address must load: {e}"));
-    assert_eq!(config.routes.len(), 2);
-
-    // Same host:port, another address: refused on the second route's address line (17).
-    let (path, problem) = only_problem(&pki, &second("127.0.0.2:9001"));
-    assert_problem(
-        &problem,
-        &path,
-        Some(17),
-        "route[1].address",
-        "backend-api:8443 already connects to 127.0.0.1:9001 (line 10); \
-         one upstream can have only one address",
+    let text = format!(
+        "{BASE}address = \"127.0.0.1:9001\"\n\n[[route]]\nprefix = \"/v2\"\n\
+         upstream = \"https://BACKEND-API:8443/v2/\"\naddresses = [\"127.0.0.2:9001\", \"127.0.0.3:9001\"]\n"
     );
+    let (_, loaded) = load(&pki, &text);
+    let config = loaded.unwrap_or_else(|e| panic!("must load: {e}"));
+    let v2 = config.routes.find("/v2").unwrap();
+    assert_eq!(v2.balancing.discovery.addresses().map(<[_]>::len), Some(2));
+}
+
+#[test]
+fn balancing_settings_load_with_their_defaults() {
+    let pki = TestPki::new();
+    let (_, loaded) = load(&pki, BASE);
+    let config = loaded.unwrap();
+    let api = &config.routes.find("/api").unwrap().balancing;
+    assert_eq!(api.discovery.addresses(), None, "DNS by default");
+    assert_eq!(api.policy.to_string(), "least_pending");
+    assert_eq!((api.retries, api.fails), (2, 3));
+    assert_eq!(api.fail_timeout, std::time::Duration::from_secs(10));
+    assert!(api.health.is_none());
+
+    let text = format!(
+        "{BASE}addresses = [\"127.0.0.2:9001\", \"127.0.0.1:9001\"]\nbalance = \"round_robin\"\n\
+         retries = 0\nfails = 0\nfail_timeout = \"30s\"\n\n[route.health]\npath = \"/healthz?full=1\"\n"
+    );
+    let (_, loaded) = load(&pki, &text);
+    let config = loaded.unwrap_or_else(|e| panic!("{e}"));
+    let api = &config.routes.find("/api").unwrap().balancing;
+    let listed: Vec<String> = api
+        .discovery
+        .addresses()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(listed, ["127.0.0.1:9001", "127.0.0.2:9001"], "sorted");
+    assert_eq!(api.policy.to_string(), "round_robin");
+    assert_eq!((api.retries, api.fails), (0, 0));
+    let check = api.health.as_ref().unwrap();
+    assert_eq!(check.path.as_str(), "/healthz?full=1");
+    assert_eq!(
+        (
+            check.interval.as_secs(),
+            check.timeout.as_secs(),
+            check.rise,
+            check.fall
+        ),
+        (5, 2, 2, 3)
+    );
+    assert_eq!(check.expect.to_string(), "200-399");
+}
+
+#[test]
+fn balancing_mistakes_are_named() {
+    let pki = TestPki::new();
+    // (lines appended after BASE, line of the problem, key, reason)
+    let cases = [
+        (
+            "address = \"127.0.0.1:1\"\naddresses = [\"127.0.0.1:2\"]\n",
+            13,
+            "route[0].addresses",
+            "either address (one endpoint) or addresses (several), not both",
+        ),
+        (
+            "addresses = []\n",
+            12,
+            "route[0].addresses",
+            "list from 1 to 256 endpoints",
+        ),
+        (
+            "addresses = [\"127.0.0.1:1\", \"backend:1\"]\n",
+            12,
+            "route[0].addresses",
+            "\"backend:1\" is not an ip:port",
+        ),
+        (
+            "addresses = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
+            12,
+            "route[0].addresses",
+            "127.0.0.1:1 is listed twice",
+        ),
+        (
+            "addresses = [\"127.0.0.1:1\"]\nresolve_interval = \"2s\"\n",
+            13,
+            "route[0].resolve_interval",
+            "applies to endpoints found by DNS",
+        ),
+        (
+            "resolve_interval = \"100ms\"\n",
+            12,
+            "route[0].resolve_interval",
+            "must be at least 1s",
+        ),
+        (
+            "balance = \"random\"\n",
+            12,
+            "route[0].balance",
+            "\"random\" is not a balancing policy",
+        ),
+        (
+            "retries = 11\n",
+            12,
+            "route[0].retries",
+            "is not a number from 0 to 10",
+        ),
+        (
+            "fail_timeout = \"0s\"\n",
+            12,
+            "route[0].fail_timeout",
+            "must be greater than zero",
+        ),
+        (
+            "\n[route.health]\npath = \"healthz\"\n",
+            14,
+            "route[0].health.path",
+            "must be a path starting with '/'",
+        ),
+        (
+            "\n[route.health]\npath = \"/h\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+            16,
+            "route[0].health.timeout",
+            "a check may take at most its interval (1s)",
+        ),
+        (
+            "\n[route.health]\npath = \"/h\"\nexpect = \"200-99\"\n",
+            15,
+            "route[0].health.expect",
+            "is not a status code from 100 to 599",
+        ),
+        (
+            "\n[route.health]\npath = \"/h\"\nrise = 0\n",
+            15,
+            "route[0].health.rise",
+            "is not a number from 1 to 100",
+        ),
+        (
+            "\n[route.health]\npath = \"/h\"\ninterval = \"10ms\"\ntimeout = \"5ms\"\n",
+            15,
+            "route[0].health.interval",
+            "must be at least 100ms",
+        ),
+    ];
+    for (extra, line, key, reason) in cases {
+        let (path, problem) = only_problem(&pki, &format!("{BASE}{extra}"));
+        assert_problem(&problem, &path, Some(line), key, reason);
+    }
+    // A typo in the health table is a parse error that names it.
+    let (path, problem) = only_problem(
+        &pki,
+        &format!("{BASE}\n[route.health]\npath = \"/h\"\nintervall = \"1s\"\n"),
+    );
+    assert_eq!(problem.file, path);
+    assert!(problem.reason.contains("intervall"), "{problem:?}");
 }
 
 #[test]
@@ -663,26 +798,6 @@ fn max_connections_must_be_a_sensible_count() {
     }
     let (_, loaded) = load(&pki, BASE);
     assert_eq!(loaded.unwrap().server.max_connections, 10_000);
-}
-
-#[test]
-fn default_port_and_explicit_443_are_one_upstream() {
-    // `https://backend-api/` and `https://backend-api:443/` reach the same host:port, so they
-    // cannot be given two addresses.
-    let pki = TestPki::new();
-    let text = format!(
-        "{}address = \"127.0.0.1:9001\"\n\n[[route]]\nprefix = \"/b\"\n\
-         upstream = \"https://backend-api:443/\"\naddress = \"127.0.0.2:9001\"\n",
-        edit("https://backend-api:8443/", "https://backend-api/")
-    );
-    let (path, problem) = only_problem(&pki, &text);
-    assert_problem(
-        &problem,
-        &path,
-        Some(17),
-        "route[1].address",
-        "backend-api:443 already connects to 127.0.0.1:9001",
-    );
 }
 
 #[test]

@@ -17,9 +17,9 @@ use tokio::net::TcpStream;
 use super::{Finding, Severity, expiry};
 use crate::config::Config;
 use crate::pki::inspect::CertInfo;
-use crate::proxy::error::describe;
 use crate::routing::Route;
 use crate::tls::verify::ServerVerifier;
+use crate::upstream::describe;
 
 /// What probing one upstream found.
 struct Probed {
@@ -194,15 +194,21 @@ async fn probe(route: &Route, verifier: Arc<ServerVerifier>, config: &Config) ->
     let host = route.upstream.host().to_owned();
     let port = route.upstream.port();
     let timeout = config.timeouts.connect;
+    // The first listed endpoint, or whichever address DNS gives first.
+    let address = route
+        .balancing
+        .discovery
+        .addresses()
+        .and_then(|a| a.first().copied());
     let handshake = async {
-        let tcp = match route.address {
+        let tcp = match address {
             Some(address) => TcpStream::connect(address).await,
             None => TcpStream::connect((host.as_str(), port)).await,
         }
         .map_err(|e| {
             Failure::Unreachable(format!(
                 "cannot connect to {}: {e}",
-                target(&host, port, route.address)
+                target(&host, port, address)
             ))
         })?;
         let name = ServerName::try_from(host.clone()).map_err(|e| {

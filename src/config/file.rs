@@ -124,4 +124,23 @@ pub(super) struct RouteEntry {
     pub(super) upstream_client_cert: Option<Spanned<String>>,
     pub(super) upstream_client_key: Option<Spanned<String>>,
     pub(super) require_client_cert: Option<bool>,
+    pub(super) addresses: Option<Spanned<Vec<String>>>,
+    pub(super) balance: Option<Spanned<String>>,
+    pub(super) resolve_interval: Option<Spanned<String>>,
+    pub(super) retries: Option<Spanned<i64>>,
+    pub(super) fails: Option<Spanned<i64>>,
+    pub(super) fail_timeout: Option<Spanned<String>>,
+    pub(super) health: Option<HealthTable>,
+}
+
+/// `[route.health]`: the route's active health check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthTable {
+    pub(super) path: Spanned<String>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
+    pub(super) rise: Option<Spanned<i64>>,
+    pub(super) fall: Option<Spanned<i64>>,
+    pub(super) expect: Option<Spanned<String>>,
 }

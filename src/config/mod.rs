@@ -4,6 +4,7 @@
 //! The loader does not stop at the first mistake: it collects every problem, each with the file,
 //! line and key, so one `check` run shows everything to fix.
 
+mod balancing;
 mod error;
 mod file;
 mod settings;
@@ -867,7 +868,6 @@ impl Loader<'_> {
         }
         let mut routes = Vec::new();
         let mut prefixes: HashMap<String, usize> = HashMap::new();
-        let mut addresses: HashMap<String, (SocketAddr, usize)> = HashMap::new();
         let mut complete = true;
         for (i, entry) in entries.into_iter().enumerate() {
             let key = |field: &str| format!("route[{i}].{field}");
@@ -881,18 +881,7 @@ impl Loader<'_> {
                 &key("upstream"),
                 Upstream::parse(entry.upstream.get_ref()),
             );
-            let address = entry.address.as_ref().and_then(|raw| {
-                let parsed = raw.get_ref().parse::<SocketAddr>().map_err(|_| {
-                    format!(
-                        "{:?} is not an ip:port such as \"10.0.0.5:8443\"",
-                        raw.get_ref()
-                    )
-                });
-                self.check(raw, &key("address"), parsed)
-            });
-            if entry.address.is_some() && address.is_none() {
-                complete = false;
-            }
+            let balancing = self.balancing(&entry, &key);
             let identity = self.identity(
                 entry.upstream_client_cert.as_ref(),
                 entry.upstream_client_key.as_ref(),
@@ -925,32 +914,10 @@ impl Loader<'_> {
                 );
                 complete = false;
             }
-            if let Some(address) = address {
-                // One upstream host:port must reach one address, or connections pooled for one
-                // route would be reused for another. Compared as the connector sees them:
-                // `https://h/` and `https://h:443/` are the same upstream.
-                let target = format!("{}:{}", upstream.host(), upstream.port());
-                match addresses.get(&target) {
-                    Some((other, other_line)) if *other != address => {
-                        self.report(
-                            entry.address.as_ref().map(Spanned::span),
-                            Some(key("address")),
-                            format!(
-                                "{target} already connects to {other} (line {other_line}); \
-                                 one upstream can have only one address"
-                            ),
-                        );
-                        complete = false;
-                    }
-                    _ => {
-                        addresses.insert(target, (address, line));
-                    }
-                }
-            }
             routes.push(Route {
                 prefix,
                 upstream,
-                address,
+                balancing,
                 preserve_host: entry.preserve_host.unwrap_or(true),
                 client_identity: identity.or_else(|| default_identity.clone()),
                 require_client_cert,

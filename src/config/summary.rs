@@ -72,8 +72,26 @@ impl fmt::Display for Summary<'_> {
                 route.upstream,
                 route.upstream.host()
             )?;
-            if let Some(address) = route.address {
-                write!(f, "  via {address}")?;
+            let balancing = &route.balancing;
+            write!(f, "  {}", balancing.discovery)?;
+            if balancing.discovery.addresses().is_none_or(|a| a.len() > 1) {
+                write!(
+                    f,
+                    "  {} retries {} fails {} within {}",
+                    balancing.policy,
+                    balancing.retries,
+                    balancing.fails,
+                    humantime::format_duration(balancing.fail_timeout)
+                )?;
+            }
+            if let Some(check) = &balancing.health {
+                write!(
+                    f,
+                    "  health GET {} every {} expect {}",
+                    check.path,
+                    humantime::format_duration(check.interval),
+                    check.expect
+                )?;
             }
             if route.require_client_cert {
                 write!(f, "  client certificate required")?;

@@ -67,12 +67,17 @@ fn example_config_loads_with_the_documented_values() {
     assert_eq!(api.upstream.host(), "backend-api");
     assert_eq!(api.upstream.port(), 8443);
     assert_eq!(api.upstream.to_string(), "https://backend-api:8443/");
-    assert_eq!(api.address, None);
+    assert_eq!(
+        api.balancing.discovery.addresses(),
+        None,
+        "endpoints from DNS"
+    );
     assert!(api.preserve_host);
     let reports = config.routes.find("/reports").expect("/reports route");
     assert_eq!(reports.upstream.host(), "backend-reports");
     assert_eq!(
-        reports.address, None,
+        reports.balancing.discovery.addresses(),
+        None,
         "the example's address is commented out"
     );
     assert!(reports.preserve_host, "preserve_host defaults to true");

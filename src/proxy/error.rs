@@ -7,16 +7,19 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::balance::{Failure, NoEndpoint};
 use crate::server::admission::is_resource_exhaustion;
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
-use crate::tls::reason::{self, Side};
-use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled};
+use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled, describe};
 
 /// A request that did not get an upstream response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no route matches the path")]
     NoRoute,
+    /// The route has no endpoint to send to (503 when DNS gave none, else 502).
+    #[error("{0}")]
+    NoEndpoint(crate::balance::NoEndpoint),
     #[error(
         "the route requires a client certificate (require_client_cert) and the connection has no verified one"
     )]
@@ -90,6 +93,8 @@ impl ProxyError {
             }
             Self::Timeout(_) | Self::UploadNotRead(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Busy(_) | Self::OutOfResources(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint(NoEndpoint::Empty { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -131,75 +136,53 @@ impl ProxyError {
     }
 }
 
-/// Finds the most specific cause in an error chain and says it in words.
-///
-/// hyper-util reports only `client error (Connect)`; the cause sits deeper. `io::Error::source()`
-/// skips the error it wraps, so each `io::Error`'s payload is inspected through `get_ref()` too.
-pub fn describe(err: &(dyn StdError + 'static)) -> String {
-    let connecting = err
-        .downcast_ref::<hyper_util::client::legacy::Error>()
-        .is_none_or(|e| e.is_connect());
-    if let Some(reason) = find_cause(err, connecting) {
-        return reason;
-    }
-    if let Some(hyper) = err.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
-        if hyper.is_incomplete_message() {
-            return "the upstream closed the connection before sending a complete response".into();
+/// What kind of failure a failed attempt at an endpoint was, for its passive health and the retry
+/// rules; `None` for failures that say nothing about the endpoint (the client's body, the
+/// proxy's own resources, a response the upstream sent but got wrong).
+pub fn failure(err: &hyper_util::client::legacy::Error) -> Option<Failure> {
+    let mut source = StdError::source(err);
+    let mut failure = None;
+    while let Some(e) = source {
+        if e.downcast_ref::<TcpConnectError>()
+            .is_some_and(|connect| is_resource_exhaustion(&connect.source))
+            || e.downcast_ref::<crate::body::BodyStalled>().is_some()
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
+        {
+            return None;
         }
-        if hyper.is_user() {
-            return format!("the request could not be sent: {hyper}");
+        if e.downcast_ref::<ConnectTimeout>().is_some() {
+            failure = Some(Failure::Timeout);
         }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && (hyper.is_incomplete_message() || hyper.is_canceled())
+        {
+            failure = failure.or(Some(Failure::Closed));
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            )
+        {
+            failure = failure.or(Some(Failure::Closed));
+        }
+        source = e.source();
     }
-    let mut innermost = err;
-    while let Some(source) = innermost.source() {
-        innermost = source;
+    if crate::upstream::tls_error(err).is_some() {
+        return Some(Failure::Tls);
     }
-    format!("upstream exchange failed: {innermost}")
-}
-
-/// Depth-first search of the chain, descending into `io::Error` payloads (which may nest).
-/// `connecting`: the error happened while connecting (TCP + TLS), not in the exchange after.
-fn find_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> {
-    known_cause(e, connecting)
-        .or_else(|| {
-            e.downcast_ref::<io::Error>()
-                .and_then(io::Error::get_ref)
-                .and_then(|inner| find_cause(inner, connecting))
-        })
-        .or_else(|| e.source().and_then(|source| find_cause(source, connecting)))
-}
-
-fn known_cause(e: &(dyn StdError + 'static), connecting: bool) -> Option<String> {
-    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-        return Some(reason::tls(tls, Side::Upstream));
+    if err.is_connect() {
+        return Some(
+            failure
+                .filter(|f| *f == Failure::Timeout)
+                .unwrap_or(Failure::Connect),
+        );
     }
-    if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
-        return Some(stalled.to_string());
-    }
-    if let Some(timeout) = e.downcast_ref::<ConnectTimeout>() {
-        return Some(timeout.to_string());
-    }
-    if let Some(connect) = e.downcast_ref::<TcpConnectError>() {
-        return Some(match connect.source.kind() {
-            io::ErrorKind::ConnectionRefused => {
-                format!(
-                    "connection refused by {}: is the service up?",
-                    connect.target
-                )
-            }
-            _ => connect.to_string(),
-        });
-    }
-    if let Some(io) = e.downcast_ref::<io::Error>()
-        && io.kind() == io::ErrorKind::UnexpectedEof
-    {
-        return Some(if connecting {
-            "the upstream closed the connection during the TLS handshake".into()
-        } else {
-            "the upstream closed the connection before sending a complete response".into()
-        });
-    }
-    None
+    failure
 }
 
 /// Whether an error says the upstream's response head went over the client pool's limit. HTTP/1.1

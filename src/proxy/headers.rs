@@ -306,7 +306,7 @@ mod tests {
         Route {
             prefix: Prefix::parse("/api").unwrap(),
             upstream: Upstream::parse("https://backend-api:8443/").unwrap(),
-            address: None,
+            balancing: crate::balance::settings::Balancing::single(None),
             preserve_host,
             client_identity: None,
             require_client_cert: false,

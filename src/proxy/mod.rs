@@ -19,19 +19,20 @@ use tracing::{info, warn};
 
 pub use self::error::ProxyError;
 use self::headers::Forwarding;
-use crate::body::{Streamed, UploadPace, UpstreamBody};
+use crate::balance::{Balancer, Failure, InFlight};
+use crate::body::{Reclaim, Streamed, UploadPace, UpstreamBody};
 use crate::config::{Limits, Timeouts};
 use crate::connection::ConnectionInfo;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::routing::{self, Route, RouteTable};
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::tls::reason::{self, Side};
-use crate::upstream::Pool;
+use crate::upstream::{UpstreamClient, describe};
 
-/// What a route sends through: its pool, and its prefix as logs name it (shared, not copied per
-/// request).
+/// What a route sends through: its endpoints, and its prefix as logs name it (shared, not copied
+/// per request).
 struct Target {
-    pool: Arc<Pool>,
+    balancer: Arc<Balancer>,
     label: Arc<str>,
     metrics: RouteMetrics,
 }
@@ -58,22 +59,22 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// `pools` holds each route's pool in `routes`' order.
+    /// `balancers` holds each route's balancer in `routes`' order.
     pub fn new(
         routes: RouteTable,
-        pools: Box<[Arc<Pool>]>,
+        balancers: Box<[Arc<Balancer>]>,
         timeouts: &Timeouts,
         limits: &Limits,
         forward_chain: bool,
         metrics: &Arc<Metrics>,
         access_log: bool,
     ) -> Self {
-        debug_assert_eq!(routes.len(), pools.len());
+        debug_assert_eq!(routes.len(), balancers.len());
         let targets = routes
             .iter()
-            .zip(pools)
-            .map(|(route, pool)| Target {
-                pool,
+            .zip(balancers)
+            .map(|(route, balancer)| Target {
+                balancer,
                 label: Arc::from(route.prefix.as_str()),
                 metrics: metrics.route(route.prefix.as_str()),
             })
@@ -134,16 +135,6 @@ impl Proxy {
             Ok(response) => response,
             Err(err) => {
                 let status = err.status();
-                // TLS 1.3 ends the handshake before the upstream judges the client certificate:
-                // its demand for one arrives with the exchange, not the connect.
-                if let (ProxyError::Upstream(e), Some((i, _))) = (&err, found)
-                    && !e.is_connect()
-                    && let Some(tls) = crate::upstream::tls_error(e)
-                    && reason::class(tls) == "client_cert_required"
-                {
-                    let metrics = self.targets[i].pool.metrics();
-                    metrics.refused("client_cert_required", reason::tls(tls, Side::Upstream));
-                }
                 let upstream = route.map_or_else(|| "-".to_owned(), |r| r.upstream.to_string());
                 if status.is_server_error() {
                     warn!(route = %route_name, %upstream, %peer, status = status.as_u16(), reason = %err, "request not proxied");
@@ -198,41 +189,23 @@ impl Proxy {
                 HeaderValue::from_static("chunked"),
             );
         }
-        let (body, mut upload) = UpstreamBody::new(body, self.upload_pace);
-        let request = Request::from_parts(parts, body);
-
         // HTTP/2 carries the host in :authority, which must stay the service name the
         // certificate is checked against; a preserved Host therefore travels over HTTP/1.1, as
         // does an upgrade, which HTTP/2 cannot carry.
-        let client = if upgrade.is_some() || route.preserve_host {
-            &target.pool.http1_client
-        } else {
-            &target.pool.client
-        };
+        let http1_only = upgrade.is_some() || route.preserve_host;
         // One client connection has at most `upstream_per_connection` requests at the upstreams;
         // the turn is held until the response body has been sent.
         let turn = conn
             .upstream_turn(self.response_timeout)
             .await
             .ok_or(ProxyError::Busy(self.response_timeout))?;
-        // The response timeout runs from the moment the request body has been sent in full, so
-        // a long upload is not mistaken for a slow upstream.
-        let answered = async {
-            if let Err(waited) = upload.sent(self.response_timeout).await {
-                return ProxyError::UploadNotRead(waited);
-            }
-            tokio::time::sleep(self.response_timeout).await;
-            ProxyError::Timeout(self.response_timeout)
-        };
-        let exchanged = tokio::select! {
-            result = client.request(request) => result,
-            timed_out = answered => return Err(timed_out),
-        };
-        // An HTTP/2 upstream reports the client's stalled body only as a reset stream.
-        let mut response = exchanged.map_err(|err| match upload.stalled() {
-            Some(stalled) => ProxyError::ClientStalled(stalled),
-            None => ProxyError::exchange(err),
-        })?;
+        let (mut response, in_flight) = self
+            .exchange(
+                &target.balancer,
+                Request::from_parts(parts, body),
+                http1_only,
+            )
+            .await?;
 
         // hyper checks its HTTP/1.1 buffer limit only when a read leaves the head incomplete,
         // and a read may fill more than the limit (all spare capacity, larger on a reused
@@ -242,6 +215,7 @@ impl Proxy {
         }
         let mut kept_upgrade = None;
         let mut turn = Some(turn);
+        let mut in_flight = Some(in_flight);
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let answered = response.headers().get(header::UPGRADE);
             let (Some(client_upgrade), Some(requested)) = (client_upgrade, upgrade.as_ref()) else {
@@ -258,6 +232,7 @@ impl Proxy {
                 upgrade::Tunnel {
                     guard: conn.hold_for_tunnel(),
                     turn: turn.take(),
+                    in_flight: in_flight.take(),
                     idle: self.tunnel_idle,
                     route: target.label.clone(),
                     peer,
@@ -273,10 +248,141 @@ impl Proxy {
             Either::Left(Streamed::new(
                 body,
                 turn,
+                in_flight,
                 self.response_timeout,
                 target.label.clone(),
             )),
         ))
+    }
+}
+
+impl Proxy {
+    /// Sends `request` to an endpoint of `balancer` and waits for the response head. A request
+    /// that failed before any of it reached an upstream goes to another endpoint, up to the
+    /// route's `retries`: after a failed connect or TLS handshake (its body, never polled, comes
+    /// back untouched), and, for GET, HEAD and OPTIONS without a body, after the upstream closed
+    /// the connection before any response byte. A body is never replayed.
+    async fn exchange(
+        &self,
+        balancer: &Balancer,
+        request: Request<Incoming>,
+        http1_only: bool,
+    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+        let set = balancer.endpoints();
+        let (parts, body) = request.into_parts();
+        let bodiless = body.is_end_stream();
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        // What a retry is rebuilt from; copied only where a retry can happen.
+        let again = (balancer.retries() > 0 && set.len() > 1).then(|| Again {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
+        let mut parts = Some(parts);
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        loop {
+            let endpoint = balancer
+                .pick(&set, &tried)
+                .map_err(ProxyError::NoEndpoint)?;
+            let head = match parts.take() {
+                Some(head) => head,
+                None => again
+                    .as_ref()
+                    .map(Again::head)
+                    .ok_or_else(|| ProxyError::NoEndpoint(balancer.exhausted()))?,
+            };
+            let in_flight = endpoint.begin();
+            let (mut upstream_body, mut upload) = UpstreamBody::new(body.take(), self.upload_pace);
+            let reclaim = again.is_some().then(|| upstream_body.reclaimable());
+            let client: &UpstreamClient = if http1_only {
+                &endpoint.pool.http1_client
+            } else {
+                &endpoint.pool.client
+            };
+            // The response timeout runs from the moment the request body has been sent in
+            // full, so a long upload is not mistaken for a slow upstream.
+            let answered = async {
+                if let Err(waited) = upload.sent(self.response_timeout).await {
+                    return ProxyError::UploadNotRead(waited);
+                }
+                tokio::time::sleep(self.response_timeout).await;
+                ProxyError::Timeout(self.response_timeout)
+            };
+            let exchanged = tokio::select! {
+                result = client.request(Request::from_parts(head, upstream_body)) => result,
+                timed_out = answered => {
+                    if matches!(timed_out, ProxyError::Timeout(_)) {
+                        balancer.failed(&endpoint, Failure::Timeout, &timed_out, set.len());
+                    }
+                    return Err(timed_out);
+                }
+            };
+            let err = match exchanged {
+                Ok(response) => {
+                    endpoint.answered();
+                    return Ok((response, in_flight));
+                }
+                Err(err) => err,
+            };
+            // An HTTP/2 upstream reports the client's stalled body only as a reset stream.
+            if let Some(stalled) = upload.stalled() {
+                return Err(ProxyError::ClientStalled(stalled));
+            }
+            let failure = error::failure(&err);
+            if let Some(failure) = failure {
+                balancer.failed(&endpoint, failure, &describe(&err), set.len());
+            }
+            // TLS 1.3 ends the handshake before the upstream judges the client certificate: its
+            // demand for one arrives with the exchange, not the connect.
+            if !err.is_connect()
+                && let Some(tls) = crate::upstream::tls_error(&err)
+                && reason::class(tls) == "client_cert_required"
+            {
+                let metrics = endpoint.pool.metrics();
+                metrics.refused("client_cert_required", reason::tls(tls, Side::Upstream));
+            }
+            drop(in_flight);
+            let reclaimed = reclaim.and_then(Reclaim::take);
+            let retry = match failure {
+                Some(Failure::Connect | Failure::Tls | Failure::Timeout) if err.is_connect() => {
+                    bodiless || reclaimed.is_some()
+                }
+                Some(Failure::Closed) => idempotent && bodiless,
+                _ => false,
+            };
+            let Some(failure) = failure.filter(|_| retry && again.is_some()) else {
+                return Err(ProxyError::exchange(err));
+            };
+            if tried.len() as u32 >= balancer.retries() {
+                return Err(ProxyError::exchange(err));
+            }
+            warn!(route = %balancer.route(), endpoint = %endpoint.address,
+                reason = %describe(&err), "retrying the request on another endpoint");
+            balancer.retried(failure);
+            body = reclaimed;
+            tried.push(endpoint);
+        }
+    }
+}
+
+/// A request's method, target and headers, to send it again after a failed attempt.
+struct Again {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Again {
+    fn head(&self) -> http::request::Parts {
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = self.method.clone();
+        head.uri = self.uri.clone();
+        head.headers = self.headers.clone();
+        head
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Tunnel {
     pub guard: Option<TunnelGuard>,
     /// The client connection's turn at the upstreams.
     pub turn: Option<Turn>,
+    /// Counts the tunnel at its endpoint until it closes.
+    pub in_flight: Option<crate::balance::InFlight>,
     pub idle: Duration,
     pub route: Arc<str>,
     pub peer: SocketAddr,
@@ -33,6 +35,7 @@ pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, tunnel: Tunnel) {
         let Tunnel {
             guard: _guard,
             turn: _turn,
+            in_flight: _in_flight,
             idle,
             route,
             peer,
