@@ -1,7 +1,7 @@
 //! A small HTTPS echo backend for the demo, the Docker example and the end-to-end tests: it
-//! answers every request with what it received, including the SNI the client sent and the serial
-//! of the certificate it serves, so one can see what the proxy forwarded and which certificate
-//! the backend presents.
+//! answers every request with what it received, including the SNI the client sent, the serial
+//! of the certificate it serves and the host it runs on, so one can see what the proxy forwarded,
+//! which certificate the backend presents and, with several replicas, which one answered.
 //!
 //! Served from files ([`serve_files`]), it reloads its certificate and key on SIGHUP and when
 //! their folders change (the way `trustgate pki renew` replaces them), with no restart: new
@@ -135,11 +135,30 @@ pub async fn serve_files(
     Ok(())
 }
 
+/// The name the answers give for this echo: `HOSTNAME` (Docker sets it to the container's
+/// hostname, the short container id unless `hostname:` says otherwise), else `/etc/hostname`,
+/// else `unknown`.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 async fn serve_current(
     listener: TcpListener,
     current: Arc<ArcSwap<Identity>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    // Read once: the answers name the host that served them.
+    let host: Arc<str> = host_name().into();
     let tls = current.clone();
     TlsServer::with_tls(
         Arc::new(move || tls.load().tls.clone()),
@@ -148,20 +167,21 @@ async fn serve_current(
     )
     .serve(
         listener,
-        move |req, info| respond(req, info, current.load().serial.clone()),
+        move |req, info| respond(req, info, current.load().serial.clone(), host.clone()),
         shutdown,
     )
     .await;
 }
 
-/// `serial` is the certificate the echo serves now, to new connections.
+/// `serial` is the certificate the echo serves now, to new connections; `host` names the echo.
 async fn respond(
     req: Request<Incoming>,
     info: Arc<ConnectionInfo>,
     serial: String,
+    host: Arc<str>,
 ) -> Response<Full<Bytes>> {
     let mut text = format!(
-        "trustgate echo backend\ntls sni: {}\ntls certificate serial: {serial}\ntls client certificate: {}\npeer: {}\n\n{} {} {:?}\n",
+        "trustgate echo backend\ntls sni: {}\ntls certificate serial: {serial}\ntls client certificate: {}\npeer: {}\necho host: {host}\n\n{} {} {:?}\n",
         info.sni.as_deref().unwrap_or("(none)"),
         info.client_cert
             .as_ref()

@@ -1,5 +1,6 @@
 //! `trustgate echo` served from files: a renewed pair replaced by atomic rename reaches new
-//! handshakes without a restart, and a pair that does not match keeps the old one serving.
+//! handshakes without a restart, and a pair that does not match keeps the old one serving. Every
+//! answer names the host the echo runs on.
 
 mod common;
 
@@ -33,6 +34,15 @@ async fn presented(pki: &TestPki, addr: std::net::SocketAddr) -> (String, String
         .find_map(|line| line.strip_prefix("tls certificate serial: "))
         .unwrap_or_else(|| panic!("no serial in the answer: {answer}"))
         .to_owned();
+    // Which replica answered: the host the echo runs on, read once at start.
+    let host = trustgate::echo::host_name();
+    assert!(!host.is_empty());
+    assert!(
+        answer
+            .lines()
+            .any(|line| line == format!("echo host: {host}")),
+        "no `echo host: {host}` line in the answer: {answer}"
+    );
     (serial, named)
 }
 
