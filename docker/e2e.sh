@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end test of the Docker deployment on a real engine, with no registry: a static binary,
 # an image FROM scratch, certificates from `trustgate pki`, and docker/compose.yml brought up
-# as shipped (mutual TLS to both backends, CRLs checked), then every certificate renewed with
-# `trustgate pki renew` while a client keeps requesting: new serials served, no request failed,
-# no container restarted; then a backend's certificate revoked and its CRL re-published: that
-# backend refused, the other still served. Fails when Docker is missing. Cleans up on success and
-# on failure.
+# as shipped (mutual TLS to both backends, CRLs checked, backend-api scaled to 3 replicas: every
+# replica answers, one stopped and started again under load with no failed request), then every
+# certificate renewed with `trustgate pki renew` while a client keeps requesting: new serials
+# served, no request failed, no container restarted; then a backend's certificate revoked and its
+# CRL re-published: that backend refused, the other still served. Fails when Docker is missing.
+# Cleans up on success and on failure.
 #
 #   docker/e2e.sh
 set -euo pipefail
@@ -86,7 +87,10 @@ free_port() {
 }
 port=$(free_port) || fail "no free port found"
 export TRUSTGATE_IMAGE="$image" TRUSTGATE_PORT="$port"
-compose up -d >/dev/null 2>"$work/up.err" || { cat "$work/up.err" >&2; fail "compose up"; }
+# compose.yml says deploy.replicas: 3 (docker compose v2 and docker-compose 1.29 both apply it);
+# --scale sets the same count explicitly, whichever compose runs.
+replicas=3
+compose up -d --scale "backend-api=$replicas" >/dev/null 2>"$work/up.err" || { cat "$work/up.err" >&2; fail "compose up"; }
 
 cacert="$work/deploy/certs/public-ca.pem"
 # Polls `curl` until it prints the wanted status, for at most $2 seconds; $4: another proxy port.
@@ -115,10 +119,106 @@ grep -qxF "$mtls_line" "$work/body" || fail "backend-reports did not see the pro
 grep -xF "$mtls_line" "$work/body" | sed 's/^/backend-reports: /'
 wait_status 404 5 "/nothing-here"
 
+say "backend-api scaled to $replicas replicas: requests reach all three, one stopped under load, no failed GET"
+api_ids=$(compose ps -q backend-api)
+[ "$(printf '%s\n' "$api_ids" | grep -c .)" = "$replicas" ] ||
+  fail "compose runs $(printf '%s\n' "$api_ids" | grep -c .) backend-api containers, wanted $replicas"
+proxy_id=$(compose ps -q proxy)
+# The echo names its host (HOSTNAME, which Docker sets to the container's hostname: the short id).
+hostname_of() { docker inspect --format '{{.Config.Hostname}}' "$1"; }
+name_of() { docker inspect --format '{{.Name}}' "$1" | sed 's#^/##'; }
+for id in $api_ids; do echo "$(name_of "$id"): hostname $(hostname_of "$id")"; done
+# The echo host that answered a GET of $1 (nothing when none did).
+echo_host() {
+  { curl -s --max-time 5 --cacert "$cacert" "https://localhost:$port$1" || true; } | sed -n 's/^echo host: //p'
+}
+: > "$work/who"
+for i in $(seq 1 60); do echo_host "/api/who?n=$i" >> "$work/who"; done
+answered=$(grep -c . "$work/who" || true)
+sort "$work/who" | uniq -c | awk '{ print "answers from " $2 ": " $1 }'
+[ "$answered" = 60 ] || fail "$((60 - answered)) of 60 GETs to /api/who got no echo answer"
+for host in $(sort -u "$work/who"); do
+  for id in $api_ids; do [ "$(hostname_of "$id")" = "$host" ] && continue 2; done
+  fail "an answer came from $host, which is no backend-api replica"
+done
+distinct=$(sort -u "$work/who" | grep -c . || true)
+[ "$distinct" = "$replicas" ] || fail "60 GETs to /api/who reached $distinct backend-api replicas, wanted $replicas"
+
+# A new client connection per request, for at most 90 s or until told to stop; each answer's echo
+# host goes to load.hosts, each failure with its status to load.failures.
+rm -f "$work/stop" "$work/load.failures"
+: > "$work/load.hosts"
+(
+  ok=0 failed=0 end=$((SECONDS + 90))
+  while [ "$SECONDS" -lt "$end" ] && [ ! -f "$work/stop" ]; do
+    code=$(curl -s -o "$work/load.body" -w '%{http_code}' --max-time 5 --cacert "$cacert" "https://localhost:$port/api/load" || true)
+    if [ "$code" = 200 ]; then
+      ok=$((ok + 1))
+      sed -n 's/^echo host: //p' "$work/load.body" >> "$work/load.hosts"
+    else
+      failed=$((failed + 1))
+      echo "/api/load at ${SECONDS}s: ${code:-no answer}" >> "$work/load.failures"
+    fi
+  done
+  echo "$ok $failed" > "$work/load.counts"
+) &
+loop=$!
+sleep 2
+
+victim=$(printf '%s\n' "$api_ids" | head -1)
+victim_host=$(hostname_of "$victim")
+victim_ip=$(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$victim")
+since=$(date +%s.%N)
+stop_start=$SECONDS
+docker stop "$victim" >/dev/null || fail "docker stop $victim"
+echo "stopped $(name_of "$victim") (host $victim_host, $victim_ip) in $((SECONDS - stop_start)) s," \
+  "exit code $(docker inspect --format '{{.State.ExitCode}}' "$victim")"
+# The echo exits on SIGTERM (closes its listener, drains): 137 would mean docker stop had to SIGKILL it.
+[ "$(docker inspect --format '{{.State.ExitCode}}' "$victim")" = 0 ] || fail "the echo did not exit on SIGTERM"
+sleep 12
+down_line=$(docker logs --since "$since" "$proxy_id" 2>&1 |
+  grep -F "upstream endpoint down" | grep -F "$victim_ip:8443" | tail -1 || true)
+[ -n "$down_line" ] || fail "no proxy log line with: upstream endpoint down ... $victim_ip:8443"
+echo "$down_line"
+
+# Restarted, it keeps its hostname; Docker may give it another address on internal_net, which the
+# proxy finds when it re-resolves backend-api. Its answers are matched by hostname, not address.
+since=$(date +%s.%N)
+mark=$(wc -l < "$work/load.hosts")
+docker start "$victim" >/dev/null || fail "docker start $victim"
+[ "$(hostname_of "$victim")" = "$victim_host" ] || fail "the restarted replica changed its hostname"
+victim_ip=$(docker inspect --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$victim")
+echo "started $(name_of "$victim") again (host $victim_host, $victim_ip)"
+up_line="" back="" end=$((SECONDS + 30))
+while [ "$SECONDS" -lt "$end" ]; do
+  [ -n "$up_line" ] || up_line=$(docker logs --since "$since" "$proxy_id" 2>&1 |
+    grep -F "upstream endpoint up" | grep -F "$victim_ip:8443" | tail -1 || true)
+  [ -n "$back" ] || back=$(tail -n "+$((mark + 1))" "$work/load.hosts" | grep -xF "$victim_host" | head -1 || true)
+  [ -n "$up_line" ] && [ -n "$back" ] && break
+  sleep 0.25
+done
+[ -n "$up_line" ] || fail "no proxy log line with: upstream endpoint up ... $victim_ip:8443 within 30 s of the start"
+echo "$up_line"
+[ -n "$back" ] || fail "no GET answered by the restarted replica ($victim_host) within 30 s of the start"
+echo "the restarted replica ($victim_host) answers again"
+
+touch "$work/stop"
+wait "$loop"
+loop=""
+read -r ok failed < "$work/load.counts"
+echo "client loop while a replica stopped and started: $ok requests answered 200, $failed failed"
+sort "$work/load.hosts" | uniq -c | awk '{ print "answers from " $2 ": " $1 }'
+[ "$failed" = 0 ] || fail "requests failed while a replica stopped: $(sort "$work/load.failures" | uniq -c | tr '\n' ' ')"
+[ "$ok" -gt 0 ] || fail "the client loop made no request"
+
 say "only the proxy publishes a port"
 for service in backend-api backend-reports; do
-  published=$(docker port "$(compose ps -q "$service")")
-  [ -z "$published" ] || fail "$service publishes $published"
+  ids=$(compose ps -q "$service")
+  [ -n "$ids" ] || fail "no $service container"
+  for id in $ids; do
+    published=$(docker port "$id")
+    [ -z "$published" ] || fail "$service ($(name_of "$id")) publishes $published"
+  done
 done
 [ -n "$(docker port "$(compose ps -q proxy)")" ] || fail "the proxy publishes nothing"
 internal=$(docker network inspect "${project}_internal_net" --format '{{.Internal}}')
@@ -269,7 +369,9 @@ echo "client loop during the renewal: $ok requests answered 200, $failed failed"
 # the serial the echo names is the one that handshake presented and the proxy verified.
 echo "waiting 62 s for the proxy's upstream connections to go idle and close"
 sleep 62
-[ "$(echo_serial /api/serial)" = "$new_api" ] || fail "backend-api does not present its new certificate"
+# backend-api's replicas share one certificate folder: whichever answers names the renewed one.
+api_serials=$(for _ in $(seq 1 12); do echo_serial /api/serial; done | sort -u)
+[ "$api_serials" = "$new_api" ] || fail "backend-api does not present its new certificate: $(echo $api_serials)"
 [ "$(echo_serial /reports/serial)" = "$new_reports" ] || fail "backend-reports does not present its new certificate"
 echo "backend-api certificate: serial $old_api -> $new_api (new upstream connection, verified by the proxy)"
 echo "backend-reports certificate: serial $old_reports -> $new_reports (new upstream connection, verified by the proxy)"
@@ -282,9 +384,13 @@ containers > "$work/containers.after"
 diff "$work/containers.before" "$work/containers.after" >&2 || fail "a container restarted during the renewal"
 sed 's/^/unchanged: /' "$work/containers.after"
 compose logs --no-color proxy 2>&1 | grep -F "reload applied" | tail -1
-for service in backend-api backend-reports; do
-  compose logs --no-color "$service" 2>&1 | grep -F "echo certificate reloaded" | tail -1
+# Each backend-api replica reloaded the renewed pair from the shared folder on its own.
+for id in $(compose ps -q backend-api); do
+  reloaded=$(docker logs "$id" 2>&1 | grep -F "echo certificate reloaded" | tail -1)
+  printf '%s\n' "$reloaded" | grep -qF "$new_api" || fail "backend-api replica $(name_of "$id") did not reload the renewed pair"
+  echo "$(name_of "$id"): $reloaded"
 done
+compose logs --no-color backend-reports 2>&1 | grep -F "echo certificate reloaded" | tail -1
 
 say "revocation: backend-reports' certificate revoked and the intermediate's CRL re-published, no restart"
 # Leaves the proxy a pooled (keep-alive) connection to each backend, opened before the CRL.
