@@ -4,32 +4,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use common::*;
-
-/// One request with `Connection: close`; the status and the body.
-async fn call(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{headers}\r\n");
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let answer = read_until_close(&mut tcp, Duration::from_secs(25)).await;
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
-    let body = answer
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (status, body)
-}
 
 const ROUTE: &str = "[[route]]\nprefix = \"/api\"\nupstream = \"https://backend-api:8443/\"\n";
 
@@ -272,37 +252,6 @@ async fn a_caller_that_stalls_is_cut_off() {
     let answered =
         tokio::time::timeout(Duration::from_secs(25), call(admin, "GET", "/healthz", "")).await;
     assert_eq!(answered.expect("served within the head timeout").0, 200);
-}
-
-/// `/metrics` parsed by a Prometheus text parser.
-async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
-    let (status, body) = call(addr, "GET", "/metrics", "").await;
-    assert_eq!(status, 200, "{body}");
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-        .expect("valid exposition")
-}
-
-/// The value of the one sample named `name` whose labels include `labels`.
-fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let matching: Vec<_> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .collect();
-    assert!(
-        matching.len() <= 1,
-        "{name} {labels:?}: {} samples",
-        matching.len()
-    );
-    matching.first().map(|s| match &s.value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => *v,
-        prometheus_parse::Value::Histogram(buckets) => {
-            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
-        }
-        prometheus_parse::Value::Summary(_) => f64::NAN,
-    })
 }
 
 #[tokio::test]

@@ -401,6 +401,11 @@ impl Balancer {
             .filter(|e| !addresses.contains(&e.address))
             .map(|e| e.address.to_string())
             .collect();
+        let added: Vec<String> = next
+            .iter()
+            .filter(|e| !current.iter().any(|c| c.address == e.address))
+            .map(|e| e.address.to_string())
+            .collect();
         for gone in &removed {
             self.build.metrics.forget_endpoint(&self.names.route, gone);
         }
@@ -411,7 +416,7 @@ impl Balancer {
                 .join(", ")
         };
         info!(route = %self.names.route, service = %self.names.service,
-            endpoints = %list(&next), removed = %removed.join(", "),
+            endpoints = %list(&next), added = %added.join(", "), removed = %removed.join(", "),
             "upstream endpoints changed");
         self.endpoints.store(Arc::new(next));
     }

@@ -495,8 +495,25 @@ impl Backend {
         Self::recording_with(cert.server_config(alpn), name).await
     }
 
+    /// As [`Backend::recording`], listening on `addr` (a port another backend used, or another
+    /// loopback address).
+    pub async fn recording_at(
+        cert: &ServerCert,
+        alpn: &[&[u8]],
+        name: &str,
+        addr: SocketAddr,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::recording_on(cert.server_config(alpn), name, listener).await
+    }
+
     /// As [`Backend::recording`], serving with `tls` (mutual TLS, say).
     pub async fn recording_with(tls: Arc<ServerConfig>, name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::recording_on(tls, name, listener).await
+    }
+
+    async fn recording_on(tls: Arc<ServerConfig>, name: &str, listener: TcpListener) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let name = name.to_owned();
@@ -525,7 +542,7 @@ impl Backend {
                 Response::new(full(text))
             })
         });
-        Self::start(tls, handler, seen).await
+        Self::serve(tls, handler, seen, listener)
     }
 
     /// Serves with a custom handler; `seen` stays empty unless the handler fills it.
@@ -535,11 +552,16 @@ impl Backend {
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |req, info| Box::pin(handler(req, info)));
-        Self::start(cert.server_config(alpn), handler, Arc::default()).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(cert.server_config(alpn), handler, Arc::default(), listener)
     }
 
-    async fn start(tls: Arc<ServerConfig>, handler: Handler, seen: Arc<Mutex<Vec<Seen>>>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fn serve(
+        tls: Arc<ServerConfig>,
+        handler: Handler,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        listener: TcpListener,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = TlsServer::new(tls, Duration::from_secs(10), Duration::from_secs(1));
@@ -616,6 +638,15 @@ impl Proxy {
     /// Starts the proxy with the whole config `text` (its `listen` is replaced by an ephemeral
     /// port).
     pub async fn start_with(pki: &TestPki, text: &str) -> Self {
+        Self::start_resolving(pki, text, Arc::new(trustgate::balance::SystemResolver)).await
+    }
+
+    /// [`Proxy::start_with`], finding DNS-discovered endpoints with `resolver`.
+    pub async fn start_resolving(
+        pki: &TestPki,
+        text: &str,
+        resolver: Arc<dyn trustgate::balance::Resolve>,
+    ) -> Self {
         logs(); // capture from the first line on
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -625,7 +656,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let gateway = trustgate::Gateway::new(&config);
+        let gateway = trustgate::Gateway::with_resolver(&config, resolver);
         let reloader = gateway.reloader();
         let admin = match config.admin {
             Some(_) => {
@@ -1010,4 +1041,61 @@ impl Drop for RawBackend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin listener
+
+/// One request with `Connection: close`; the status and the body.
+pub async fn call(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{headers}\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until_close(&mut tcp, Duration::from_secs(25)).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// `/metrics` parsed by a Prometheus text parser.
+pub async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let (status, body) = call(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("valid exposition")
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn sample(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let matching: Vec<_> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?}: {} samples",
+        matching.len()
+    );
+    matching.first().map(|s| match &s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        prometheus_parse::Value::Histogram(buckets) => {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+        }
+        prometheus_parse::Value::Summary(_) => f64::NAN,
+    })
 }
