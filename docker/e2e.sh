@@ -176,9 +176,12 @@ echo "stopped $(name_of "$victim") (host $victim_host, $victim_ip) in $((SECONDS
 # The echo exits on SIGTERM (closes its listener, drains): 137 would mean docker stop had to SIGKILL it.
 [ "$(docker inspect --format '{{.State.ExitCode}}' "$victim")" = 0 ] || fail "the echo did not exit on SIGTERM"
 sleep 12
+# Out of rotation either way: ejected (failed connects, failed health checks), or gone from
+# Docker's DNS, which drops a stopped container's address at once.
 down_line=$(docker logs --since "$since" "$proxy_id" 2>&1 |
-  grep -F "upstream endpoint down" | grep -F "$victim_ip:8443" | tail -1 || true)
-[ -n "$down_line" ] || fail "no proxy log line with: upstream endpoint down ... $victim_ip:8443"
+  grep -E "upstream endpoint down.*endpoint=$victim_ip:8443|upstream endpoints changed.*removed=.*$victim_ip:8443" |
+  tail -1 || true)
+[ -n "$down_line" ] || fail "no proxy log line with: upstream endpoint down (or removed) ... $victim_ip:8443"
 echo "$down_line"
 
 # Restarted, it keeps its hostname; Docker may give it another address on internal_net, which the
@@ -192,12 +195,13 @@ echo "started $(name_of "$victim") again (host $victim_host, $victim_ip)"
 up_line="" back="" end=$((SECONDS + 30))
 while [ "$SECONDS" -lt "$end" ]; do
   [ -n "$up_line" ] || up_line=$(docker logs --since "$since" "$proxy_id" 2>&1 |
-    grep -F "upstream endpoint up" | grep -F "$victim_ip:8443" | tail -1 || true)
+    grep -E "upstream endpoint up.*endpoint=$victim_ip:8443|upstream endpoints changed.*added=[^=]*$victim_ip:8443" |
+    tail -1 || true)
   [ -n "$back" ] || back=$(tail -n "+$((mark + 1))" "$work/load.hosts" | grep -xF "$victim_host" | head -1 || true)
   [ -n "$up_line" ] && [ -n "$back" ] && break
   sleep 0.25
 done
-[ -n "$up_line" ] || fail "no proxy log line with: upstream endpoint up ... $victim_ip:8443 within 30 s of the start"
+[ -n "$up_line" ] || fail "no proxy log line with: upstream endpoint up (or added) ... $victim_ip:8443 within 30 s of the start"
 echo "$up_line"
 [ -n "$back" ] || fail "no GET answered by the restarted replica ($victim_host) within 30 s of the start"
 echo "the restarted replica ($victim_host) answers again"
