@@ -234,10 +234,26 @@ impl Setup {
                 .await
                 .expect("bind backend");
             let backend = listener.local_addr().expect("backend address");
-            let server =
-                TlsServer::new(backend_tls, Duration::from_secs(10), Duration::from_secs(1));
+            let server = TlsServer::new(
+                backend_tls.clone(),
+                Duration::from_secs(10),
+                Duration::from_secs(1),
+            );
             let handler = backend_handler(upstream_peers.clone());
             tokio::spawn(server.serve(listener, handler, std::future::pending()));
+            // The same backend on two more loopback addresses: the three endpoints of `/three`.
+            for ip in [[127, 0, 0, 2], [127, 0, 0, 3]] {
+                let listener = TcpListener::bind(SocketAddr::from((ip, backend.port())))
+                    .await
+                    .expect("bind backend on another loopback address");
+                let server = TlsServer::new(
+                    backend_tls.clone(),
+                    Duration::from_secs(10),
+                    Duration::from_secs(1),
+                );
+                let handler = backend_handler(upstream_peers.clone());
+                tokio::spawn(server.serve(listener, handler, std::future::pending()));
+            }
 
             let config_path = dir.path().join("trustgate.toml");
             write(
@@ -254,7 +270,12 @@ impl Setup {
                      [[route]]\n\
                      prefix = \"/\"\n\
                      upstream = \"https://backend-api:{port}/\"\n\
-                     address = \"{backend}\"\n",
+                     address = \"{backend}\"\n\
+                     \n\
+                     [[route]]\n\
+                     prefix = \"/three\"\n\
+                     upstream = \"https://backend-api:{port}/\"\n\
+                     addresses = [\"127.0.0.1:{port}\", \"127.0.0.2:{port}\", \"127.0.0.3:{port}\"]\n",
                     port = backend.port(),
                 ),
             );
@@ -295,6 +316,15 @@ impl Setup {
             Proto::H2 => &self.proxied_h2,
         };
         target(client, self.proxy, case)
+    }
+
+    /// As [`Setup::proxied`], through the route whose three endpoints are this same backend.
+    fn proxied_three(&self, case: Case) -> Target {
+        let mut target = self.proxied(case);
+        target.uri = format!("https://{}/three{}", self.proxy, case.path)
+            .parse()
+            .expect("valid URI");
+        target
     }
 
     /// One request per case and path, checking that each client speaks the version it should.
@@ -411,7 +441,22 @@ fn bench_cases(c: &mut Criterion, setup: &Setup) {
         }
         group.finish();
     }
+    for case in BALANCE_CASES {
+        let mut group = c.benchmark_group(format!("endpoints_{}", case.name));
+        for (side, target) in [
+            ("one", setup.proxied(case)),
+            ("three", setup.proxied_three(case)),
+        ] {
+            group.bench_function(side, |b| {
+                b.to_async(&setup.runtime).iter(|| target.fetch());
+            });
+        }
+        group.finish();
+    }
 }
+
+/// The cases the balancing cost is measured on: small bodies, where it weighs most.
+const BALANCE_CASES: [Case; 2] = [CASES[0], CASES[2]];
 
 /// Times `count` sequential requests one by one, appending each duration to `samples`.
 fn sample(runtime: &Runtime, target: &Target, count: usize, samples: &mut Vec<Duration>) {
@@ -429,6 +474,54 @@ fn median(samples: &mut [Duration]) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// The medians of `a` and `b` (per request), measured in interleaved rounds after a warm-up.
+fn side_by_side(
+    setup: &Setup,
+    a: &Target,
+    b: &Target,
+    requests: usize,
+    rounds: usize,
+) -> (Duration, Duration) {
+    let per_round = requests.div_ceil(rounds);
+    let mut discard = Vec::new();
+    sample(&setup.runtime, a, 20, &mut discard);
+    sample(&setup.runtime, b, 20, &mut discard);
+    let mut a_times = Vec::with_capacity(per_round * rounds);
+    let mut b_times = Vec::with_capacity(per_round * rounds);
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            sample(&setup.runtime, a, per_round, &mut a_times);
+            sample(&setup.runtime, b, per_round, &mut b_times);
+        } else {
+            sample(&setup.runtime, b, per_round, &mut b_times);
+            sample(&setup.runtime, a, per_round, &mut a_times);
+        }
+    }
+    (median(&mut a_times), median(&mut b_times))
+}
+
+/// One endpoint against three (the same backend on three addresses), side by side: what
+/// picking an endpoint costs per request.
+fn balance_ratios(setup: &Setup, requests: usize, rounds: usize) {
+    for case in BALANCE_CASES {
+        let (one, three) = side_by_side(
+            setup,
+            &setup.proxied(case),
+            &setup.proxied_three(case),
+            requests,
+            rounds,
+        );
+        println!(
+            "ratio {} three/one endpoints = {:.3} (one {:.1} us, three {:.1} us, difference {:+.1} us)",
+            case.name,
+            three.as_secs_f64() / one.as_secs_f64(),
+            one.as_secs_f64() * 1e6,
+            three.as_secs_f64() * 1e6,
+            (three.as_secs_f64() - one.as_secs_f64()) * 1e6,
+        );
+    }
+}
+
 /// Direct and proxied side by side, in interleaved rounds; prints one ratio line per case.
 fn ratios(setup: &Setup, requests: usize, rounds: usize) {
     let per_round = requests.div_ceil(rounds);
@@ -438,26 +531,13 @@ fn ratios(setup: &Setup, requests: usize, rounds: usize) {
         per_round * rounds
     );
     for case in CASES {
-        let direct = setup.direct(case);
-        let proxied = setup.proxied(case);
-        // Warm the pools (and the proxy's upstream connection) outside the samples.
-        let mut discard = Vec::new();
-        sample(&setup.runtime, &direct, 20, &mut discard);
-        sample(&setup.runtime, &proxied, 20, &mut discard);
-
-        let mut direct_times = Vec::with_capacity(per_round * rounds);
-        let mut proxied_times = Vec::with_capacity(per_round * rounds);
-        for round in 0..rounds {
-            if round % 2 == 0 {
-                sample(&setup.runtime, &direct, per_round, &mut direct_times);
-                sample(&setup.runtime, &proxied, per_round, &mut proxied_times);
-            } else {
-                sample(&setup.runtime, &proxied, per_round, &mut proxied_times);
-                sample(&setup.runtime, &direct, per_round, &mut direct_times);
-            }
-        }
-        let direct_median = median(&mut direct_times);
-        let proxied_median = median(&mut proxied_times);
+        let (direct_median, proxied_median) = side_by_side(
+            setup,
+            &setup.direct(case),
+            &setup.proxied(case),
+            requests,
+            rounds,
+        );
         println!(
             "ratio {} proxied/direct = {:.2} (direct {:.0} us, proxied {:.0} us)",
             case.name,
@@ -501,7 +581,9 @@ fn main() {
     }
     if benchmarking {
         ratios(&setup, RATIO_REQUESTS, RATIO_ROUNDS);
+        balance_ratios(&setup, RATIO_REQUESTS, RATIO_ROUNDS);
     } else {
         ratios(&setup, SMOKE_REQUESTS, SMOKE_ROUNDS);
+        balance_ratios(&setup, SMOKE_REQUESTS, SMOKE_ROUNDS);
     }
 }

@@ -580,4 +580,16 @@ async fn upstream_handshakes_are_classified_and_presented_leaves_recorded() {
     assert!(line("anchor").contains(&root.subject));
     assert!(line("/wrong").contains("not valid for name"));
     assert!(line("/api").contains("https://backend-api:"));
+    // And each endpoint: the one that failed verification is down, saying why.
+    let endpoint_line = |start: &str, state: &str| {
+        printed
+            .lines()
+            .find(|l| l.starts_with(start) && l.split_whitespace().nth(2) == Some(state))
+            .unwrap_or_else(|| panic!("no {start:?} endpoint {state}:\n{printed}"))
+            .to_owned()
+    };
+    assert!(endpoint_line("/wrong", "DOWN").contains("TLS: certificate not valid for name"));
+    assert!(endpoint_line("/api", "up").contains(&format!("serial {}", info.serial)));
+    let endpoints = route("/wrong")["endpoints"].clone();
+    assert_eq!(endpoints[0]["up"], false, "{endpoints}");
 }

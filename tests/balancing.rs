@@ -982,3 +982,58 @@ async fn a_tunnel_counts_in_flight_until_it_closes() {
     }
     assert_eq!(count, Some(0), "the tunnel closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_in_rotation_the_endpoints_that_verify_are_tried_anyway() {
+    let pki = TestPki::new();
+    let cert = pki.leaf(&["backend-api"]);
+    // Both fail their health check, yet serve data: out of rotation, still the best there is.
+    let health = Arc::new(AtomicU16::new(503));
+    let data = Arc::new(AtomicUsize::new(0));
+    let first = checked_backend(&cert, health.clone(), data.clone()).await;
+    let second = checked_backend(&cert, health, data.clone()).await;
+    let check = "\n[route.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1\n";
+    let proxy = Proxy::start(&pki, &route_over(&[first.addr, second.addr], check)).await;
+    for backend in [&first, &second] {
+        logs()
+            .line_with(&["upstream endpoint down", &format!("endpoint={}", backend.addr)])
+            .await;
+    }
+    let failures = hammer(&client(&pki, false), &proxy.url("/api/x"), 20, 2).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(data.load(Ordering::Relaxed), 20);
+    logs()
+        .line_with(&[
+            "no endpoint is in rotation; trying one that does not fail TLS verification anyway",
+            "route=/api",
+        ])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_endpoint_fails_verification_the_answer_is_502_saying_why() {
+    let pki = TestPki::new();
+    let wrong = pki.leaf(&["someone-else"]);
+    let first = Backend::recording(&wrong, &[], "first").await;
+    let second = Backend::recording(&wrong, &[], "second").await;
+    let proxy = Proxy::start(
+        &pki,
+        &route_over(&[first.addr, second.addr], "fails = 0\n").replace("backend-api", "all-wrong"),
+    )
+    .await;
+    let client = client(&pki, false);
+    // The first request tries both (one retry) and learns that neither verifies.
+    for _ in 0..3 {
+        let got = get(&client, &proxy.url("/api/x")).await;
+        assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(got.text(), "502 Bad Gateway\n");
+    }
+    let line = logs()
+        .line_with(&[
+            "every endpoint of all-wrong:8443 fails TLS verification",
+            &format!("{}: TLS: certificate not valid for name", first.addr),
+        ])
+        .await;
+    eprintln!("{line}");
+    assert!(first.seen().is_empty() && second.seen().is_empty());
+}

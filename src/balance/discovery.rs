@@ -15,6 +15,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::Balancer;
+use super::settings::MAX_ENDPOINTS;
 
 /// Looks up the addresses of a host. Blocking: called on tokio's blocking threads.
 pub trait Resolve: Send + Sync + std::fmt::Debug {
@@ -43,6 +44,15 @@ pub fn lookup(resolver: &dyn Resolve, host: &str, port: u16) -> Result<Vec<Socke
     addresses.dedup();
     if addresses.is_empty() {
         return Err("the lookup returned no address".into());
+    }
+    if addresses.len() > MAX_ENDPOINTS {
+        warn!(
+            host,
+            found = addresses.len(),
+            kept = MAX_ENDPOINTS,
+            "DNS gave more addresses than a route uses; the lowest are kept"
+        );
+        addresses.truncate(MAX_ENDPOINTS);
     }
     Ok(addresses)
 }
@@ -119,6 +129,14 @@ mod tests {
         let b: SocketAddr = "10.0.0.1:8443".parse().unwrap();
         assert_eq!(lookup(&Fixed(vec![a, b, a]), "x", 1), Ok(vec![b, a]));
         assert!(lookup(&Fixed(vec![]), "x", 1).is_err());
+        // A flood of records is cut to the lowest MAX_ENDPOINTS.
+        let many: Vec<SocketAddr> = (0..1000u16)
+            .map(|i| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8443)))
+            .rev()
+            .collect();
+        let kept = lookup(&Fixed(many), "x", 1).unwrap();
+        assert_eq!(kept.len(), MAX_ENDPOINTS);
+        assert_eq!(kept[0], SocketAddr::from(([10, 0, 0, 0], 8443)));
         assert_eq!(
             lookup(&SystemResolver, "127.0.0.1", 8443),
             Ok(vec!["127.0.0.1:8443".parse().unwrap()])

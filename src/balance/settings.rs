@@ -48,6 +48,10 @@ impl fmt::Display for Discovery {
     }
 }
 
+/// The most endpoints a route uses: a longer `addresses` list is refused, a longer DNS answer is
+/// cut (the lowest addresses are kept) and said so.
+pub const MAX_ENDPOINTS: usize = 256;
+
 /// Which endpoint gets the next request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Policy {

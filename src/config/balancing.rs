@@ -9,10 +9,10 @@ use http::uri::PathAndQuery;
 use toml::Spanned;
 
 use super::{Loader, file};
-use crate::balance::settings::{Balancing, Discovery, HealthCheck, Policy, StatusRanges};
+use crate::balance::settings::{
+    Balancing, Discovery, HealthCheck, MAX_ENDPOINTS as MAX_ADDRESSES, Policy, StatusRanges,
+};
 
-/// Endpoints a route may list; a longer list is a mistake, not a deployment.
-const MAX_ADDRESSES: usize = 256;
 /// DNS is not asked more often than this.
 const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Health checks do not run more often than this.
