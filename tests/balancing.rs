@@ -63,26 +63,6 @@ async fn hammer(client: &TestClient, url: &str, total: usize, concurrency: usize
     failures
 }
 
-/// One GET; `Err` unless it answered 200 with a whole body.
-async fn try_get(client: &TestClient, url: &str) -> Result<Bytes, String> {
-    let request = Request::get(url).body(empty()).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
-        .await
-        .map_err(|_| "no response within 20 s".to_owned())?
-        .map_err(|e| format!("request failed: {e}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body failed: {e}"))?
-        .to_bytes();
-    if status != StatusCode::OK {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-    }
-    Ok(body)
-}
-
 /// `/trust`'s endpoints of the first route, by address.
 async fn trust_endpoints(admin: SocketAddr) -> Vec<Value> {
     let (status, body) = call(admin, "GET", "/trust", "").await;
@@ -996,7 +976,10 @@ async fn with_nothing_in_rotation_the_endpoints_that_verify_are_tried_anyway() {
     let proxy = Proxy::start(&pki, &route_over(&[first.addr, second.addr], check)).await;
     for backend in [&first, &second] {
         logs()
-            .line_with(&["upstream endpoint down", &format!("endpoint={}", backend.addr)])
+            .line_with(&[
+                "upstream endpoint down",
+                &format!("endpoint={}", backend.addr),
+            ])
             .await;
     }
     let failures = hammer(&client(&pki, false), &proxy.url("/api/x"), 20, 2).await;

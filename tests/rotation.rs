@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use http::StatusCode;
 use rustls::pki_types::CertificateDer;
 use tokio::task::JoinHandle;
 use trustgate::pki::inspect::CertInfo;
@@ -149,22 +148,8 @@ impl Load {
 
 /// GETs `url`; a 200 gives the body's first line, anything else is a failure.
 async fn answer(client: &TestClient, url: &str) -> Result<String, String> {
-    let request = Request::get(url).body(empty()).expect("a valid request");
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-        .await
-        .map_err(|_| "no response within 10 s".to_owned())?
-        .map_err(|e| format!("request failed: {e:?}"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body failed: {e}"))?
-        .to_bytes();
+    let body = try_get(client, url).await?;
     let text = String::from_utf8_lossy(&body);
-    if status != StatusCode::OK {
-        return Err(format!("{status}: {text}"));
-    }
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 

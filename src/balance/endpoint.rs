@@ -241,10 +241,21 @@ impl Endpoint {
         self.refresh(now_ms());
     }
 
-    /// A re-verification handshake of an endpoint out for TLS failed again.
-    pub fn still_untrusted(&self, reason: &dyn fmt::Display) {
-        self.metrics.checked("tls");
-        self.set_why(format!("TLS: {reason}"));
+    /// A re-verification handshake of an endpoint out for TLS failed again, with `result` (a
+    /// [`crate::metrics::CHECK_RESULTS`] label).
+    pub fn still_untrusted(&self, result: &'static str, reason: &dyn fmt::Display) {
+        self.metrics.checked(result);
+        self.set_why(if result == "tls" {
+            format!("TLS: {reason}")
+        } else {
+            format!("TLS failed before; now: {reason}")
+        });
+    }
+
+    /// A re-verification handshake verified.
+    pub fn reverified(&self) {
+        self.metrics.checked("ok");
+        self.verified();
     }
 
     /// Logs and publishes a change into or out of rotation, once. Called after every judgement,

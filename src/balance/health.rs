@@ -76,12 +76,11 @@ async fn probe(endpoint: Arc<Endpoint>, check: HealthCheck, uri: Uri, probe_uri:
         match timeout(check.timeout, endpoint.pool.handshake(probe_uri)).await {
             Ok(Ok(())) => endpoint.verified(),
             Ok(Err(e)) => {
-                let result = if tls_error(e.as_ref()).is_some() {
-                    "tls"
-                } else {
-                    "connect"
-                };
-                return endpoint.check_failed(result, &describe(e.as_ref()), check.fall);
+                return endpoint.check_failed(
+                    result_of(e.as_ref()),
+                    &describe(e.as_ref()),
+                    check.fall,
+                );
             }
             Err(_) => return endpoint.check_failed("timeout", &timed_out(&check), check.fall),
         }
@@ -118,14 +117,7 @@ async fn probe(endpoint: Arc<Endpoint>, check: HealthCheck, uri: Uri, probe_uri:
             ),
             check.fall,
         ),
-        Ok(Err(e)) => {
-            let result = if tls_error(&e).is_some() {
-                "tls"
-            } else {
-                "connect"
-            };
-            endpoint.check_failed(result, &describe(&e), check.fall);
-        }
+        Ok(Err(e)) => endpoint.check_failed(result_of(&e), &describe(&e), check.fall),
         Err(_) => endpoint.check_failed("timeout", &timed_out(&check), check.fall),
     }
 }
@@ -141,7 +133,16 @@ fn timed_out(check: &HealthCheck) -> String {
 /// A fresh handshake with an endpoint out for TLS (routes without active checks).
 async fn reverify(endpoint: Arc<Endpoint>, probe_uri: Uri) {
     match endpoint.pool.handshake(probe_uri).await {
-        Ok(()) => endpoint.verified(),
-        Err(e) => endpoint.still_untrusted(&describe(e.as_ref())),
+        Ok(()) => endpoint.reverified(),
+        Err(e) => endpoint.still_untrusted(result_of(e.as_ref()), &describe(e.as_ref())),
+    }
+}
+
+/// The `result` label of a failed connection.
+fn result_of(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    if tls_error(e).is_some() {
+        "tls"
+    } else {
+        "connect"
     }
 }

@@ -796,6 +796,26 @@ pub async fn get(client: &TestClient, url: &str) -> Got {
     send(client, Request::get(url).body(empty()).unwrap()).await
 }
 
+/// One GET; `Err` unless it answered 200 with a whole body.
+pub async fn try_get(client: &TestClient, url: &str) -> Result<Bytes, String> {
+    let request = Request::get(url).body(empty()).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .map_err(|_| "no response within 20 s".to_owned())?
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body failed: {e}"))?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(body)
+}
+
 /// A raw TLS connection to the proxy (ALPN http/1.1) for hand-written requests.
 pub async fn raw_tls(
     pki: &TestPki,
