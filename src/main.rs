@@ -22,14 +22,22 @@ fn main() -> ExitCode {
     }
     // Lives to the end of main, after the runtime, so the last lines are written out.
     let _log_guard = trustgate::logging::init(matches!(cli.log_format, LogFormat::Json));
-    let runtime = match tokio::runtime::Runtime::new() {
+    // `run` loads its configuration before the runtime exists: `[server] workers` sizes it.
+    let loaded = match &cli.command {
+        Command::Run { config } => match Config::load(config) {
+            Ok(config) => Some(config),
+            Err(e) => return report_config_error(&e),
+        },
+        _ => None,
+    };
+    let runtime = match runtime(loaded.as_ref().map(|c| c.server.workers)) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("trustgate: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, loaded)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("trustgate: {e:#}");
@@ -38,13 +46,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// The async runtime: `workers` threads (one: a single-threaded runtime, with no work stealing
+/// to pay for); by default one per CPU the process may use.
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.unwrap_or_else(trustgate::config::default_workers);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build()
+}
+
+/// Runs `command`; `loaded` is `run`'s configuration, loaded before the runtime started.
+async fn dispatch(command: Command, loaded: Option<Config>) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(config) => config,
-                Err(e) => return Ok(report_config_error(&e)),
-            };
+        Command::Run { .. } => {
+            let config = loaded.context("the configuration was not loaded")?;
             let listen = config.server.listen;
             let listener = TcpListener::bind(listen)
                 .await

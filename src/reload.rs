@@ -45,6 +45,7 @@ struct Fixed {
     listen: std::net::SocketAddr,
     shutdown_grace: Duration,
     max_connections: usize,
+    workers: usize,
     max_connections_per_ip: usize,
     upstream_per_ip: usize,
     admin_listen: Option<std::net::SocketAddr>,
@@ -56,6 +57,7 @@ impl Fixed {
             listen: config.server.listen,
             shutdown_grace: config.server.shutdown_grace,
             max_connections: config.server.max_connections,
+            workers: config.server.workers,
             max_connections_per_ip: config.limits.max_connections_per_ip,
             upstream_per_ip: config.limits.upstream_per_ip,
             admin_listen: config.admin.as_ref().map(|a| a.listen),
@@ -92,6 +94,11 @@ impl Fixed {
             "server.max_connections",
             self.max_connections.to_string(),
             new.max_connections.to_string(),
+        );
+        differs(
+            "server.workers",
+            self.workers.to_string(),
+            new.workers.to_string(),
         );
         differs(
             "limits.max_connections_per_ip",

@@ -255,36 +255,43 @@ fn check_lists_every_problem_and_exits_1() {
 #[tokio::test]
 async fn run_serves_traffic_and_exits_0_on_sigterm() {
     let pki = TestPki::new();
-    let backend = Backend::recording(&pki.leaf(&["backend-api"]), &[b"http/1.1"], "api").await;
-    let port = free_port();
-    let path = pki.path("cfg.toml");
-    write(
-        &path,
-        &config_text(
+    // On the default runtime (a thread per CPU) and on the single-threaded one (`workers = 1`).
+    for workers in ["", "workers = 1\n"] {
+        let backend = Backend::recording(&pki.leaf(&["backend-api"]), &[b"http/1.1"], "api").await;
+        let port = free_port();
+        let path = pki.path("cfg.toml");
+        let text = config_text(
             &format!("127.0.0.1:{port}"),
             &route_to("/api", "backend-api", &backend),
-        ),
-    );
-    let mut proxy = Spawned::start(pki.dir.path(), &["run", "-c", path_str(&path)], false);
-    wait_listening(&mut proxy, SocketAddr::from(([127, 0, 0, 1], port))).await;
+        )
+        .replace("[server]\n", &format!("[server]\n{workers}"));
+        write(&path, &text);
+        let mut proxy = Spawned::start(pki.dir.path(), &["run", "-c", path_str(&path)], false);
+        wait_listening(&mut proxy, SocketAddr::from(([127, 0, 0, 1], port))).await;
 
-    let client = client(&pki, false);
-    let got = get(&client, &format!("https://localhost:{port}/api/hello?x=1")).await;
-    assert_eq!(got.status, StatusCode::OK, "{}", proxy.stderr());
-    assert_eq!(got.text(), "backend:api\n");
-    let seen = backend.seen();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].sni.as_deref(), Some("backend-api"));
-    assert_eq!(seen[0].uri.path_and_query().unwrap().as_str(), "/hello?x=1");
-    drop(client); // no idle keep-alive connection for the drain to wait on
+        let client = client(&pki, false);
+        let got = get(&client, &format!("https://localhost:{port}/api/hello?x=1")).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", proxy.stderr());
+        assert_eq!(got.text(), "backend:api\n");
+        let seen = backend.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].sni.as_deref(), Some("backend-api"));
+        assert_eq!(seen[0].uri.path_and_query().unwrap().as_str(), "/hello?x=1");
+        drop(client); // no idle keep-alive connection for the drain to wait on
 
-    proxy.terminate();
-    let status = proxy.wait(Duration::from_secs(10));
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", proxy.stderr());
-    let log = proxy.stderr();
-    assert!(log.contains("trustgate listening"), "{log}");
-    assert!(log.contains("received SIGTERM"), "{log}");
-    backend.join().await;
+        proxy.terminate();
+        let status = proxy.wait(Duration::from_secs(10));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{workers}stderr:\n{}",
+            proxy.stderr()
+        );
+        let log = proxy.stderr();
+        assert!(log.contains("trustgate listening"), "{log}");
+        assert!(log.contains("received SIGTERM"), "{log}");
+        backend.join().await;
+    }
 }
 
 #[test]

@@ -801,6 +801,43 @@ fn max_connections_must_be_a_sensible_count() {
 }
 
 #[test]
+fn workers_default_to_the_cpus_and_must_be_a_sensible_count() {
+    let pki = TestPki::new();
+    for bad in ["0", "1025"] {
+        let text = edit(
+            "key = \"public/privkey.pem\"",
+            &format!("key = \"public/privkey.pem\"\nworkers = {bad}"),
+        );
+        let (path, problem) = only_problem(&pki, &text);
+        assert_problem(
+            &problem,
+            &path,
+            Some(5),
+            "server.workers",
+            "is not a number from 1 to 1024",
+        );
+    }
+    let (_, loaded) = load(&pki, BASE);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(loaded.unwrap().server.workers, cpus);
+    let text = edit(
+        "key = \"public/privkey.pem\"",
+        "key = \"public/privkey.pem\"\nworkers = 3",
+    );
+    let (_, loaded) = load(&pki, &text);
+    let config = loaded.unwrap();
+    assert_eq!(config.server.workers, 3);
+    assert!(
+        config
+            .summary()
+            .to_string()
+            .contains("workers: 3 runtime thread(s)"),
+        "{}",
+        config.summary()
+    );
+}
+
+#[test]
 fn unparseable_certificate_is_blamed_on_the_cert() {
     let pki = TestPki::new();
     write(

@@ -48,6 +48,7 @@ pub(super) struct ServerTable {
     pub(super) shutdown_grace: Option<Spanned<String>>,
     pub(super) watch: Option<bool>,
     pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) workers: Option<Spanned<i64>>,
     pub(super) client_auth: Option<ClientAuthTable>,
 }
 

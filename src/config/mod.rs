@@ -63,6 +63,8 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// Client connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Threads of the async runtime that serves connections (`trustgate run` only).
+    pub workers: usize,
     /// Reload when the config file or a file it names changes.
     pub watch: bool,
     /// `[server.client_auth]`: client certificates, when asked for.
@@ -134,6 +136,12 @@ pub struct NamedCert {
     pub der: CertificateDer<'static>,
     /// For `upstream_client`: the routes presenting it (empty: `[upstream_tls] client_cert`).
     pub routes: Vec<String>,
+}
+
+/// Default for `[server] workers`: one runtime thread per CPU the process may run on (its
+/// affinity mask and cgroup quota included, so `taskset` and `docker --cpus` are honoured).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// Default for `[server] max_connections`: far below the usual file-descriptor limits, so the
@@ -453,6 +461,12 @@ impl Loader<'_> {
             1..=1_000_000,
             DEFAULT_MAX_CONNECTIONS as u64,
         );
+        let workers = self.count(
+            table.workers.as_ref(),
+            "server.workers",
+            1..=1024,
+            default_workers() as u64,
+        );
         let cert = self.resolve(table.cert.get_ref());
         let key = self.resolve(table.key.get_ref());
         let chain = tls::load_certs(&cert);
@@ -507,6 +521,7 @@ impl Loader<'_> {
             tls: tls?,
             shutdown_grace,
             max_connections: max_connections? as usize,
+            workers: workers? as usize,
             watch: table.watch.unwrap_or(true),
             client_auth: client_auth?,
         })

@@ -137,7 +137,8 @@ impl fmt::Display for Summary<'_> {
             l.upstream_per_connection,
             l.upstream_per_ip,
             l.min_upload_rate
-        )
+        )?;
+        write!(f, "\nworkers: {} runtime thread(s)", config.server.workers)
     }
 }
 
