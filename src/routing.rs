@@ -310,7 +310,13 @@ pub fn unsafe_path(path: &str) -> Option<&'static str> {
     if encoded_separator {
         return Some("the path holds an encoded '/' or '\\'");
     }
-    if path.split('/').any(is_dot_segment) {
+    // A dot segment starts right after a '/' with '.' or an encoded one: paths with neither (all
+    // but a few) skip the split into segments.
+    let may_have_dots = bytes.windows(2).any(|w| w == b"/.")
+        || bytes
+            .windows(4)
+            .any(|w| w[0] == b'/' && w[1] == b'%' && w[2..].eq_ignore_ascii_case(b"2e"));
+    if may_have_dots && path.split('/').any(is_dot_segment) {
         return Some("the path holds '.' or '..' segments");
     }
     None

@@ -1,6 +1,7 @@
 //! Header rewriting on the way in and out: hop-by-hop headers dropped, `X-Forwarded-*` added,
 //! `Host` preserved or replaced, and redirects into the upstream mapped back to the public origin.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -149,8 +150,7 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         keep_upgrade(headers, protocol.clone());
     }
 
-    let peer = fwd.peer.to_canonical().to_string();
-    let mut forwarded_for = String::new();
+    let mut forwarded_for = String::with_capacity(64);
     for earlier in headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -159,8 +159,9 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         forwarded_for.push_str(earlier.trim());
         forwarded_for.push_str(", ");
     }
-    forwarded_for.push_str(&peer);
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    let _ = write!(forwarded_for, "{}", fwd.peer.to_canonical());
+    // The string becomes the value's buffer: no second copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for)) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
@@ -251,12 +252,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    // One pass over the names present, rather than a hashed removal of every name that might be:
-    // most messages carry none of them, or only `Connection`.
-    if headers.keys().any(|name| HOP_BY_HOP.contains(&name)) {
-        for name in HOP_BY_HOP {
-            headers.remove(name);
+    // One pass over the names present, then a hashed removal of those found only, rather than of
+    // every name that might be there: most messages carry none of them, or only `Connection`.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| *hop == name) {
+            present[i] = true;
         }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, found)| *found) {
+        headers.remove(*name);
     }
 }
 
