@@ -14,14 +14,15 @@
 //!    [`server::watchdog`] closes it when the client stalls, idles or stops reading.
 //! 2. [`gateway::Gateway`] hands the request to the current [`generation::Generation`]'s
 //!    [`proxy::Proxy::handle`], which picks the route ([`routing`]), rewrites the path and headers
-//!    ([`proxy::headers`]) and sends the request through the route's pool ([`upstream`]), waiting
-//!    for a turn ([`connection`]) first.
+//!    ([`proxy::headers`]), waits for a turn ([`connection`]), picks one of the route's endpoints
+//!    ([`balance`]: DNS discovery, balancing, health, retries) and sends the request through that
+//!    endpoint's pool of verified connections ([`upstream`]).
 //! 3. The response streams back ([`body`]); failures become a status code in one place
 //!    ([`proxy::error`]).
 //!
 //! # Generations and reloads
 //! Everything the request path reads (the public TLS config, connection clocks, routes, one
-//! upstream pool per upstream trust) is one immutable [`generation::Generation`], built from a
+//! balancer per route with a pool per endpoint) is one immutable [`generation::Generation`], built from a
 //! [`config::Config`] (the loader `check` uses too) and held in an `ArcSwap`: the request path
 //! takes no lock of its own. [`reload`] builds a new generation on SIGHUP or when a watched file
 //! changes ([`watch`]) and swaps it in, all or nothing; a request finishes on the generation it
