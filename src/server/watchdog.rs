@@ -204,6 +204,11 @@ impl Drop for InFlight {
 /// Watches the connection until one of its rules ends it; never returns while it may go on.
 pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
     let ms = |d: Duration| d.as_millis() as u64;
+    // One timer for the connection's life, moved to each new deadline: tokio only records a later
+    // deadline (the common case, as each request pushes the idle clock on), where a new `Sleep`
+    // per wake-up was a timer-wheel insertion and removal per request.
+    let timer = tokio::time::sleep_until(activity.start.into());
+    tokio::pin!(timer);
     loop {
         if activity.over_reset_budget() {
             return Verdict::Resets;
@@ -233,9 +238,12 @@ pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
         {
             return verdict;
         }
-        let wake = activity.start + Duration::from_millis(deadline.max(now + 1));
+        let wake = (activity.start + Duration::from_millis(deadline.max(now + 1))).into();
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
-            () = tokio::time::sleep_until(wake.into()) => {}
+            () = &mut timer => {}
             () = activity.changed.notified() => {}
         }
     }
