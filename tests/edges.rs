@@ -266,6 +266,17 @@ async fn one_header_count_limit_for_http1_and_http2() {
         .filter(|l| l.to_ascii_lowercase().starts_with("cookie:"))
         .count();
     assert_eq!(cookie_lines, 1, "{}", heads[0]);
+
+    // The limit is exact: 100 fields pass, 101 do not.
+    for (extra, status) in [(98, "HTTP/1.1 200"), (99, "HTTP/1.1 431")] {
+        let mut head = b"GET /api/h1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n".to_vec();
+        for i in 0..extra {
+            head.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let answer = raw_exchange(&pki, proxy.addr, &head).await;
+        assert!(answer.starts_with(status), "{extra} extra fields: {answer}");
+    }
 }
 
 /// A backend that answers every upgrade request with a 101 to `protocol`, then echoes.
