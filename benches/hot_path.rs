@@ -4,8 +4,6 @@
 //! every hop-by-hop and identity header; no segment split for paths without a dot segment):
 //! `cargo bench --bench hot_path`.
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use trustgate::balance::settings::Balancing;
@@ -50,7 +48,7 @@ fn hot_path(c: &mut Criterion) {
     let client_host = HeaderValue::from_static("www.example.com");
     let forwarding = Forwarding {
         route: &route,
-        peer: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+        peer: &HeaderValue::from_static("203.0.113.7"),
         client_host: Some(&client_host),
         upgrade: None,
         client_cert: None,

@@ -357,11 +357,14 @@ pub fn check_headers(
         );
     }
     let mut sent = original.clone();
+    // As the connection formats it once for all its requests.
+    let forwarded_for =
+        HeaderValue::from_str(&peer.to_canonical().to_string()).expect("an IP address");
     rewrite::prepare_request(
         &mut sent,
         &Forwarding {
             route,
-            peer,
+            peer: &forwarded_for,
             client_host,
             upgrade: upgrade.clone(),
             client_cert: None,

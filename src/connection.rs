@@ -16,6 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub struct ConnectionInfo {
     pub peer: SocketAddr,
+    /// The peer's IP address as `X-Forwarded-For` names it (an IPv4-mapped IPv6 address as
+    /// IPv4), formatted once for all the connection's requests.
+    pub forwarded_for: HeaderValue,
     /// The SNI the client sent, if any.
     pub sni: Option<String>,
     /// The client certificate the listener verified, if the client presented one.
@@ -48,8 +51,11 @@ impl ConnectionInfo {
         upstream_turns: UpstreamTurns,
         held: impl std::any::Any + Send + Sync,
     ) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
         Self {
             peer,
+            // An IP address is always a valid field value.
+            forwarded_for: HeaderValue::from_str(&ip).expect("an IP address is a field value"),
             sni,
             client_cert,
             upstream_turns,
@@ -164,6 +170,23 @@ impl UpstreamTurns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_names_mapped_ipv4_as_ipv4() {
+        let turns = || UpstreamTurns {
+            connection: Arc::new(Semaphore::new(1)),
+            source: Arc::new(Semaphore::new(1)),
+            proxy: Arc::new(Semaphore::new(1)),
+        };
+        for (peer, named) in [
+            ("[::ffff:192.0.2.1]:5000", "192.0.2.1"),
+            ("192.0.2.7:1", "192.0.2.7"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+        ] {
+            let info = ConnectionInfo::new(peer.parse().unwrap(), None, None, turns(), ());
+            assert_eq!(info.forwarded_for, named);
+        }
+    }
 
     #[tokio::test]
     async fn a_turn_holds_one_permit_at_each_level() {

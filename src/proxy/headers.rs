@@ -1,9 +1,6 @@
 //! Header rewriting on the way in and out: hop-by-hop headers dropped, `X-Forwarded-*` added,
 //! `Host` preserved or replaced, and redirects into the upstream mapped back to the public origin.
 
-use std::fmt::Write as _;
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::connection::ClientCert;
@@ -124,7 +121,8 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 /// What the request rewrite needs to know besides the headers.
 pub struct Forwarding<'a> {
     pub route: &'a Route,
-    pub peer: IpAddr,
+    /// The client's address, as [`crate::connection::ConnectionInfo::forwarded_for`] holds it.
+    pub peer: &'a HeaderValue,
     /// The `Host` (or HTTP/2 `:authority`) the client asked for.
     pub client_host: Option<&'a HeaderValue>,
     /// Set when the request upgrades the connection: the `Upgrade` value to keep.
@@ -150,19 +148,24 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
         keep_upgrade(headers, protocol.clone());
     }
 
-    let mut forwarded_for = String::with_capacity(64);
-    for earlier in headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        forwarded_for.push_str(earlier.trim());
-        forwarded_for.push_str(", ");
-    }
-    let _ = write!(forwarded_for, "{}", fwd.peer.to_canonical());
-    // The string becomes the value's buffer: no second copy.
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for)) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut forwarded_for = String::with_capacity(64);
+        for earlier in headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
+            forwarded_for.push_str(earlier.trim());
+            forwarded_for.push_str(", ");
+        }
+        forwarded_for.push_str(fwd.peer.to_str().unwrap_or_default());
+        // The string becomes the value's buffer: no second copy.
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded_for)) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    } else {
+        // The common case: the connection's own value, shared, not copied.
+        headers.insert(X_FORWARDED_FOR.clone(), fwd.peer.clone());
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     match fwd.client_host {
@@ -350,7 +353,7 @@ mod tests {
         ]);
         let fwd = Forwarding {
             route: &route,
-            peer: "192.0.2.1".parse().unwrap(),
+            peer: &HeaderValue::from_static("192.0.2.1"),
             client_host: Some(&host),
             upgrade: None,
             client_cert: None,
@@ -382,7 +385,7 @@ mod tests {
         let mut h = headers(&[("host", "public.example")]);
         let fwd = Forwarding {
             route: &route,
-            peer: "::ffff:192.0.2.1".parse().unwrap(),
+            peer: &HeaderValue::from_static("192.0.2.1"),
             client_host: Some(&host),
             upgrade: None,
             client_cert: None,
@@ -404,7 +407,7 @@ mod tests {
         ]);
         let fwd = Forwarding {
             route: &route,
-            peer: "192.0.2.1".parse().unwrap(),
+            peer: &HeaderValue::from_static("192.0.2.1"),
             client_host: Some(&host),
             upgrade: None,
             client_cert: None,
@@ -429,7 +432,7 @@ mod tests {
         let mut h = h.clone();
         let fwd = Forwarding {
             route: &route,
-            peer: "192.0.2.1".parse().unwrap(),
+            peer: &HeaderValue::from_static("192.0.2.1"),
             client_host: None,
             upgrade: Some(protocol),
             client_cert: None,
