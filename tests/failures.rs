@@ -382,6 +382,47 @@ async fn oversized_request_head_gets_431() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// The watchdog sleeps through the requests of a busy keep-alive connection (they move its clocks
+/// later, never earlier); a head that starts after them, and stalls, must still wake it: right
+/// after the requests, and after a pause in which it found the connection idle and went back to
+/// sleep until the idle clock (30 s here).
+#[tokio::test]
+async fn a_head_that_stalls_after_keep_alive_requests_is_cut_off() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let clocks = "[timeouts]\nclient_header = \"300ms\"\nidle = \"30s\"\n";
+    let proxy = api_proxy(&pki, &backend, clocks).await;
+    for pause in [Duration::ZERO, Duration::from_millis(800)] {
+        let mut tls = raw_tls(&pki, proxy.addr).await;
+        for _ in 0..20 {
+            tls.write_all(b"HEAD /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                tokio::io::AsyncReadExt::read_exact(&mut tls, &mut byte)
+                    .await
+                    .unwrap();
+                head.push(byte[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        }
+        tokio::time::sleep(pause).await;
+        tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: lo")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let _ = read_until_close(&mut tls, Duration::from_secs(10)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "after a {pause:?} pause, the stalled head was cut off after {took:?}, \
+             expected [timeouts] client_header = 300ms"
+        );
+    }
+}
+
 #[tokio::test]
 async fn slow_clients_are_cut_off() {
     let pki = TestPki::new();

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
@@ -298,13 +298,13 @@ impl Connection {
             admission,
             mut http,
             settings,
-            mut drain,
+            drain,
         } = self;
         http.http2().max_concurrent_streams(settings.h2_max_streams);
         let acceptor = TlsAcceptor::from(settings.tls);
         let _ = tcp.set_nodelay(true);
         let clocks = settings.clocks;
-        let activity = Activity::new(accepted);
+        let activity = Activity::new(accepted, clocks);
         let tcp = Severable::new(tcp, peer);
         let _open = settings.metrics.as_ref().map(|m| m.client_connection());
         let handshake = tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await;
@@ -373,10 +373,13 @@ impl Connection {
         let io = TokioIo::new(OnRead::new(tls, move |data: &[u8]| reader.on_read(data)));
         let connection = http.serve_connection_with_upgrades(io, service);
         tokio::pin!(connection);
-        // Asked to finish its requests and close (idle, or the server drains).
+        // The watchdog is a task of its own, so the connection's many wake-ups for I/O poll no
+        // timers: here only two one-shot orders are polled, and they cost an atomic load each.
+        let (finish, mut finish_order) = oneshot::channel();
+        let (close, mut close_order) = oneshot::channel();
+        let overseer = tokio::spawn(oversee(activity, clocks, drain, peer, finish, close));
+        let _overseer = AbortOnDrop(overseer);
         let mut finishing = false;
-        // Past this, an idle connection that is still finishing is dropped.
-        let mut close_by: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -385,44 +388,80 @@ impl Connection {
                     }
                     return;
                 }
-                verdict = watchdog::supervise(&activity, clocks), if close_by.is_none() => {
-                    match verdict {
-                        Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
-                        Verdict::SlowHead => {
-                            debug!(%peer, "no complete request head within [timeouts] client_header; closing");
-                            return;
-                        }
-                        Verdict::NotReading => {
-                            info!(%peer, "the client stopped reading its responses ([timeouts] client_send); closing");
-                            return;
-                        }
-                        Verdict::Resets => {
-                            warn!(%peer, budget = watchdog::RESET_BUDGET,
-                                "the client cancelled more requests than it let finish (HTTP/2 rapid reset?); closing");
-                            return;
-                        }
-                    }
-                    if !std::mem::replace(&mut finishing, true) {
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    close_by = Some(tokio::time::Instant::now() + clocks.client_header);
-                }
-                // Draining is bounded by the server's shutdown grace; the watchdog keeps watching.
-                _ = drain.wait_for(|draining| *draining), if !finishing => {
+                // Also when the overseer is gone without a word: close rather than go unwatched.
+                _ = &mut close_order => return,
+                _ = &mut finish_order, if !finishing => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
-                }
-                () = tokio::time::sleep_until(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => {
-                    // A stream that arrived while the GOAWAY travelled is served, under the
-                    // watchdog again; an idle connection that did not close is dropped.
-                    if !activity.busy() {
-                        return;
-                    }
-                    close_by = None;
                 }
             }
         }
     }
+}
+
+/// Aborts the task when the connection it oversees is gone.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a connection's watchdog and acts on its verdicts: `finish` asks the connection to finish
+/// its requests and close (idle, or the server drains), `close` ends it at once.
+async fn oversee(
+    activity: Arc<Activity>,
+    clocks: Clocks,
+    mut drain: watch::Receiver<bool>,
+    peer: SocketAddr,
+    finish: oneshot::Sender<()>,
+    close: oneshot::Sender<()>,
+) {
+    let mut finish = Some(finish);
+    // Past this, an idle connection that is still finishing is dropped.
+    let mut close_by: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            verdict = watchdog::supervise(&activity), if close_by.is_none() => {
+                match verdict {
+                    Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
+                    Verdict::SlowHead => {
+                        debug!(%peer, "no complete request head within [timeouts] client_header; closing");
+                        break;
+                    }
+                    Verdict::NotReading => {
+                        info!(%peer, "the client stopped reading its responses ([timeouts] client_send); closing");
+                        break;
+                    }
+                    Verdict::Resets => {
+                        warn!(%peer, budget = watchdog::RESET_BUDGET,
+                            "the client cancelled more requests than it let finish (HTTP/2 rapid reset?); closing");
+                        break;
+                    }
+                }
+                if let Some(finish) = finish.take() {
+                    let _ = finish.send(());
+                }
+                close_by = Some(tokio::time::Instant::now() + clocks.client_header);
+            }
+            // Draining is bounded by the server's shutdown grace; the watchdog keeps watching.
+            _ = drain.wait_for(|draining| *draining), if finish.is_some() => {
+                if let Some(finish) = finish.take() {
+                    let _ = finish.send(());
+                }
+            }
+            () = tokio::time::sleep_until(close_by.unwrap_or_else(tokio::time::Instant::now)), if close_by.is_some() => {
+                // A stream that arrived while the GOAWAY travelled is served, under the
+                // watchdog again; an idle connection that did not close is dropped.
+                if !activity.busy() {
+                    break;
+                }
+                close_by = None;
+            }
+        }
+    }
+    let _ = close.send(());
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (`docker stop`).

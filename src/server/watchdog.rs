@@ -16,6 +16,12 @@
 //! - the TLS handshake, the bytes before the first request and every HTTP/1.1 request head must
 //!   arrive within `client_header` of their first byte (HTTP/2: of the connection's start);
 //! - a connection with no request in flight closes gracefully after `idle`.
+//!
+//! The watchdog runs as a task of its own and is woken only when a signal brings a deadline
+//! before its next look ([`Activity::armed`]): a keep-alive request, which moves the idle and
+//! head clocks later, wakes nothing. While requests are in flight it looks at least every
+//! `min(client_send / 2, client_header)`, so the head clock that the next request starts always
+//! falls after that look.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -59,6 +65,11 @@ pub const RESET_BUDGET: u64 = 100;
 /// The shared state of one connection; times are milliseconds since `start`.
 pub struct Activity {
     start: Instant,
+    clocks: Clocks,
+    /// When the watchdog looks next; `u64::MAX` while it decides. A signal whose deadline comes
+    /// earlier wakes it. Stored with `SeqCst` after the state it judged was read, and read
+    /// with `SeqCst` after a signal changed the state, so no change goes unseen.
+    armed: AtomicU64,
     in_flight: AtomicUsize,
     abandoned: AtomicUsize,
     /// Requests that got their response, and those the client cancelled before it.
@@ -76,11 +87,13 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// A connection accepted at `start`. The handshake and everything up to the first request
-    /// count as the first head.
-    pub fn new(start: Instant) -> Arc<Self> {
+    /// A connection accepted at `start`, watched by `clocks`. The handshake and everything up
+    /// to the first request count as the first head.
+    pub fn new(start: Instant, clocks: Clocks) -> Arc<Self> {
         Arc::new(Self {
             start,
+            clocks,
+            armed: AtomicU64::new(u64::MAX),
             in_flight: AtomicUsize::new(0),
             abandoned: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
@@ -103,6 +116,13 @@ impl Activity {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Wakes the watchdog if `deadline` (ms) comes before its next look.
+    fn wake_by(&self, deadline: u64) {
+        if deadline < self.armed.load(SeqCst) {
+            self.changed.notify_one();
+        }
+    }
+
     /// Every chunk read from the client ([`crate::io::OnRead`] reports them).
     pub fn on_read(&self, data: &[u8]) {
         let before = self.bytes_read.fetch_add(data.len() as u64, Relaxed);
@@ -117,8 +137,9 @@ impl Activity {
                 self.changed.notify_one();
             }
         } else if self.in_flight.load(SeqCst) == 0 && self.head_started.load(Relaxed) == 0 {
-            self.head_started.store(self.now() + 1, Relaxed);
-            self.changed.notify_one();
+            let now = self.now();
+            self.head_started.store(now + 1, SeqCst);
+            self.wake_by(now + ms(self.clocks.client_header));
         }
     }
 
@@ -146,8 +167,10 @@ impl Activity {
 
     /// Abandons responses that waited on the client for `client_send`; returns the next time to
     /// look (in ms) while requests are in flight.
-    fn abandon_stalled(&self, now: u64, client_send: u64) -> u64 {
-        let mut next = now + (client_send / 2).max(1);
+    fn abandon_stalled(&self, now: u64) -> u64 {
+        let client_send = ms(self.clocks.client_send);
+        let look_every = (client_send / 2).min(ms(self.clocks.client_header)).max(1);
+        let mut next = now + look_every;
         let mut list = self.sending.lock().unwrap_or_else(|e| e.into_inner());
         list.retain(|weak| {
             let Some(sending) = weak.upgrade() else {
@@ -194,35 +217,42 @@ impl Drop for InFlight {
             }
         }
         // `idle_since` first: a watchdog that sees no request in flight must see when that began.
-        activity.idle_since.store(activity.now(), SeqCst);
+        let now = activity.now();
+        activity.idle_since.store(now, SeqCst);
         if activity.in_flight.fetch_sub(1, SeqCst) == 1 {
-            activity.changed.notify_one();
+            activity.wake_by(now + ms(activity.clocks.idle));
         }
     }
 }
 
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
 /// Watches the connection until one of its rules ends it; never returns while it may go on.
-pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
-    let ms = |d: Duration| d.as_millis() as u64;
+pub async fn supervise(activity: &Activity) -> Verdict {
+    let clocks = activity.clocks;
     // One timer for the connection's life, moved to each new deadline: tokio only records a later
     // deadline (the common case, as each request pushes the idle clock on), where a new `Sleep`
     // per wake-up was a timer-wheel insertion and removal per request.
     let timer = tokio::time::sleep_until(activity.start.into());
     tokio::pin!(timer);
     loop {
+        // Every signal from here on wakes the watchdog again, until it has armed its next look.
+        activity.armed.store(u64::MAX, SeqCst);
         if activity.over_reset_budget() {
             return Verdict::Resets;
         }
         let now = activity.now();
         let in_flight = activity.in_flight.load(SeqCst);
         let (deadline, verdict) = if in_flight > 0 {
-            let next = activity.abandon_stalled(now, ms(clocks.client_send));
+            let next = activity.abandon_stalled(now);
             if activity.abandoned.load(SeqCst) >= in_flight {
                 return Verdict::NotReading;
             }
             (next, None)
         } else {
-            match activity.head_started.load(Relaxed) {
+            match activity.head_started.load(SeqCst) {
                 0 => (
                     activity.idle_since.load(SeqCst) + ms(clocks.idle),
                     Some(Verdict::Idle),
@@ -238,7 +268,9 @@ pub async fn supervise(activity: &Activity, clocks: Clocks) -> Verdict {
         {
             return verdict;
         }
-        let wake = (activity.start + Duration::from_millis(deadline.max(now + 1))).into();
+        let look = deadline.max(now + 1);
+        activity.armed.store(look, SeqCst);
+        let wake = (activity.start + Duration::from_millis(look)).into();
         if timer.deadline() != wake {
             timer.as_mut().reset(wake);
         }
@@ -307,13 +339,15 @@ where
             };
         }
         let activity = &in_flight.activity;
+        let now = activity.now();
         let shared = Arc::new(Shared {
             body: Mutex::new(Some(body)),
             // Waiting from the start: an HTTP/2 client with a zero window never lets it be polled.
-            waiting_since: AtomicU64::new(activity.now() + 1),
+            waiting_since: AtomicU64::new(now + 1),
         });
         let weak: Weak<dyn Sending> = Arc::downgrade(&(shared.clone() as Arc<dyn Sending>));
         activity.register(weak);
+        activity.wake_by(now + ms(activity.clocks.client_send));
         Self {
             shared: Some(shared),
             in_flight,
