@@ -6,7 +6,7 @@
 # Frames need frame pointers: build BIN with
 #   CARGO_TARGET_DIR=target-prof CARGO_PROFILE_RELEASE_DEBUG=true \
 #     RUSTFLAGS="-C force-frame-pointers=yes" cargo build --release
-# Output: bench-results/flame-<mode>.svg and bench-results/flame-<mode>.top.txt
+# Output: bench-results/flame-<mode>.svg, .top.txt (frames by self time) and .share.txt (by kind)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$(realpath "${1:-$root/target/release/trustgate}")
@@ -37,9 +37,10 @@ perf record -e cpu-clock -F 2000 -g -p "$pid" -o perf.data -- sleep "$seconds" 2
 recorder=$!
 load "$seconds"
 wait "$recorder"
-perf script -i perf.data 2>/dev/null | inferno-collapse-perf >stacks.folded
+perf script -i perf.data 2>/dev/null | inferno-collapse-perf --all >stacks.folded
 inferno-flamegraph --title "trustgate $mode, 13-byte GETs" <stacks.folded >"$out/flame-$mode.svg"
 perf report -i perf.data --no-children --sort dso,sym --percent-limit 0.7 --stdio 2>/dev/null \
   | grep -E '^ +[0-9]' >"$out/flame-$mode.top.txt" || true
-head -40 "$out/flame-$mode.top.txt"
+python3 "$root/bench/flame_share.py" stacks.folded | tee "$out/flame-$mode.share.txt"
+head -25 "$out/flame-$mode.top.txt"
 echo "flame graph: $out/flame-$mode.svg"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Does the proxy scale with [server] workers? Runs it with workers = 1 (pinned to CPU 1, as in
-# peers.sh) and workers = 2 (both CPUs), each under the same wrk load (2 threads, 20 connections,
+# Does the proxy scale with [server] workers? Runs it with workers = 1 pinned to CPU 1 (as in
+# peers.sh, "1p"), workers = 1 unpinned and workers = 2 (both CPUs), each under the same wrk load (2 threads, 20 connections,
 # 13-byte GETs) for ROUNDS interleaved rounds, and prints per round: requests/s, the CPU the
 # proxy, the backend and wrk each used (in cores, from /proc/<pid>/stat), and the proxy's CPU µs
 # per request. On a 2-core machine the backend and wrk share the proxy's cores, so workers = 2
@@ -19,9 +19,11 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 printf 'round\tworkers\treq/s\tproxy cores\tbackend cores\twrk cores\tproxy µs/req\n'
 for round in $(seq 1 "$rounds"); do
-  for workers in 1 2; do
+  # "1p": one worker pinned to CPU 1, as in peers.sh; "1" and "2" may run on either CPU.
+  for setting in 1p 1 2; do
+    workers=${setting%p}
     sed -i "s/^workers = .*/workers = $workers/" tg.toml
-    pin=$([ "$workers" = 1 ] && echo "taskset -c 1" || true)
+    pin=$([ "$setting" = 1p ] && echo "taskset -c 1" || true)
     RUST_LOG=warn $pin "$bin" run -c tg.toml >proxy.log 2>&1 &
     proxy=$!
     lab_wait_ready
@@ -36,7 +38,7 @@ for round in $(seq 1 "$rounds"); do
     wait "$wpid"
     p1=$(ticks "$proxy"); b1=$(ticks "$backend")
     rps=$(awk '/Requests\/sec/ {print $2}' wrk.log)
-    python3 - "$round" "$workers" "$rps" "$p0" "$p1" "$b0" "$b1" "$w0" "$w1" "$hz" "$seconds" "$wait_start" "$wait_end" <<'PY'
+    python3 - "$round" "$setting" "$rps" "$p0" "$p1" "$b0" "$b1" "$w0" "$w1" "$hz" "$seconds" "$wait_start" "$wait_end" <<'PY'
 import sys
 r, w, rps, p0, p1, b0, b1, w0, w1, hz, secs, s0, s1 = sys.argv[1:]
 rps, hz, secs = float(rps), int(hz), float(secs)

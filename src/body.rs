@@ -59,8 +59,9 @@ pub struct UpstreamBody {
     deadline: Option<Pin<Box<Sleep>>>,
     /// Bytes received since the deadline was last moved.
     credit: u64,
-    /// Bytes received while a deadline was set: decides between "stopped" and "too slow".
-    received: u64,
+    /// When the last data arrived: decides between "stopped" (nothing for `stall`) and "too
+    /// slow" (data kept coming, below `min_rate`).
+    last_data: Option<Instant>,
     /// Fired once the body has been sent in full (or dropped by the client library).
     sent: Option<oneshot::Sender<()>>,
     /// Shared with [`UploadWatch`]: whether the upload moves at all, and why it stopped.
@@ -137,7 +138,7 @@ impl UpstreamBody {
             pace,
             deadline: None,
             credit: 0,
-            received: 0,
+            last_data: None,
             sent: Some(sent),
             state: state.clone(),
             handed_over: None,
@@ -214,8 +215,8 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, |d| d.remaining() as u64);
                 this.credit += size;
-                if this.deadline.is_some() {
-                    this.received += size;
+                if size > 0 {
+                    this.last_data = Some(Instant::now());
                 }
                 if inner.is_end_stream() {
                     this.finish();
@@ -240,7 +241,10 @@ impl Body for UpstreamBody {
                 let expired = deadline.as_mut().poll(cx).is_ready();
                 this.deadline = Some(deadline);
                 if expired {
-                    let why = if this.received == 0 {
+                    let silent = this
+                        .last_data
+                        .is_none_or(|at| at.elapsed() >= this.pace.stall);
+                    let why = if silent {
                         BodyStalled::Stopped(this.pace.stall)
                     } else {
                         BodyStalled::TooSlow(this.pace.min_rate)

@@ -58,6 +58,8 @@ impl Gateway {
             limits.max_connections = budget.clients;
             limits.upstream_total = budget.upstreams;
         }
+        // Before the first pools are built: they keep a client per connection thread.
+        crate::server::workers::reserve(config.server.workers);
         let metrics = Arc::new(Metrics::new());
         let current = Arc::new(ArcSwap::from_pointee(Generation::build(
             config, 1, None, &metrics, &resolver,
@@ -66,7 +68,8 @@ impl Gateway {
         let source = current.clone();
         let settings = Arc::new(move || source.load().connections.clone());
         Self {
-            server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace),
+            server: TlsServer::with_settings(settings, limits, config.server.shutdown_grace)
+                .workers(config.server.workers),
             reloader: Arc::new(Reloader::new(
                 config,
                 current.clone(),

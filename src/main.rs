@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     }
     // Lives to the end of main, after the runtime, so the last lines are written out.
     let _log_guard = trustgate::logging::init(matches!(cli.log_format, LogFormat::Json));
-    // `run` loads its configuration before the runtime exists: `[server] workers` sizes it.
+    // `run` loads its configuration before the runtime exists: it decides the runtime's shape.
     let loaded = match &cli.command {
         Command::Run { config } => match Config::load(config) {
             Ok(config) => Some(config),
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    let runtime = match runtime(loaded.as_ref().map(|c| c.server.workers)) {
+    let runtime = match runtime(loaded.is_some()) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("trustgate: cannot start the async runtime: {e}");
@@ -46,15 +46,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime: `workers` threads (one: a single-threaded runtime, with no work stealing
-/// to pay for); by default one per CPU the process may use.
-fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = workers.unwrap_or_else(trustgate::config::default_workers);
-    let mut builder = if workers == 1 {
+/// The async runtime. The proxy's is single-threaded: with `[server] workers` = 1 it runs
+/// everything; with more, the connections are served on that many threads of their own
+/// ([`trustgate::server::workers`]) and it keeps the accept loop, reloads, admin, discovery and
+/// health checks. Other commands get a thread per CPU.
+fn runtime(proxy: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if proxy {
         tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(workers);
+        builder.worker_threads(trustgate::config::default_workers());
         builder
     };
     builder.enable_all().build()

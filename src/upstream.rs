@@ -43,7 +43,7 @@ use crate::live::{Peer, Peers, Severable, Verified};
 use crate::metrics::{ConnectionGauge, Metrics, UpstreamMetrics};
 use crate::pki::inspect::CertInfo;
 use crate::routing::Route;
-use crate::server::MAX_REQUEST_HEAD;
+use crate::server::{MAX_REQUEST_HEAD, workers};
 use crate::tls::client::Identity;
 use crate::tls::reason::{self, Side};
 use crate::tls::verify::ServerVerifier;
@@ -86,11 +86,18 @@ impl PoolKey {
 /// closes its idle connections; in-flight requests and tunnels live on.
 #[derive(Debug)]
 pub struct Pool {
-    pub client: UpstreamClient,
-    pub http1_client: UpstreamClient,
+    /// One pair per thread slot ([`workers::slot`]): a client connection's requests use its own
+    /// thread's upstream connections, so no request waits on another thread to be woken.
+    clients: Box<[Clients]>,
     /// Connects outside the pool, for re-verification handshakes.
     handshakes: Connector,
     shared: Arc<PoolTls>,
+}
+
+#[derive(Debug)]
+struct Clients {
+    any: UpstreamClient,
+    http1: UpstreamClient,
 }
 
 /// What both clients of a pool connect with.
@@ -164,12 +171,34 @@ impl Pool {
             offer_h2,
             timeout: key.connect,
         };
+        let clients = (0..workers::slots())
+            .map(|_| Clients {
+                any: pooled(connector(true)),
+                http1: pooled(connector(false)),
+            })
+            .collect();
         Self {
-            client: pooled(connector(true)),
-            http1_client: pooled(connector(false)),
+            clients,
             handshakes: connector(false),
             shared,
         }
+    }
+
+    /// The calling thread's client that speaks HTTP/2 when the upstream offers it.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.local().any
+    }
+
+    /// The calling thread's client that speaks only HTTP/1.1.
+    pub fn http1_client(&self) -> &UpstreamClient {
+        &self.local().http1
+    }
+
+    fn local(&self) -> &Clients {
+        // A worker started after the pool was built (not done: reserved first) shares slot 0.
+        self.clients
+            .get(workers::slot())
+            .unwrap_or(&self.clients[0])
     }
 
     /// Opens a connection to `uri`'s authority at the pool's address, verified as every

@@ -92,7 +92,7 @@ async fn probe(endpoint: Arc<Endpoint>, check: HealthCheck, uri: Uri, probe_uri:
         return;
     };
     let exchange = async {
-        let response = endpoint.pool.client.request(request).await?;
+        let response = endpoint.pool.client().request(request).await?;
         let status = response.status();
         // Read (a bounded part of) the body, so the connection can serve again.
         let _: Option<Bytes> = Limited::new(response.into_body(), MAX_BODY)

@@ -127,7 +127,7 @@ pub struct UpstreamTls {
     pub identity: Option<Arc<Identity>>,
 }
 
-/// Default for `[server] workers`: one runtime thread per CPU the process may run on (its
+/// Default for `[server] workers`: one connection thread per CPU the process may run on (its
 /// affinity mask and cgroup quota included, so `taskset` and `docker --cpus` are honoured).
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)

@@ -302,9 +302,9 @@ impl Proxy {
             let (mut upstream_body, mut upload) = UpstreamBody::new(body.take(), self.upload_pace);
             let reclaim = again.is_some().then(|| upstream_body.reclaimable());
             let client: &UpstreamClient = if http1_only {
-                &endpoint.pool.http1_client
+                endpoint.pool.http1_client()
             } else {
-                &endpoint.pool.client
+                endpoint.pool.client()
             };
             // The response timeout runs from the moment the request body has been sent in
             // full, so a long upload is not mistaken for a slow upstream.

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod watchdog;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
 use self::watchdog::{Activity, Clocks, Tracked, Verdict};
+use self::workers::Workers;
 use crate::config::{Limits, Timeouts};
 use crate::connection::{ClientCert, UpstreamTurns};
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
@@ -115,6 +117,8 @@ pub struct TlsServer {
     http: auto::Builder<TokioExecutor>,
     admission: AdmissionLimits,
     shutdown_grace: Duration,
+    /// Threads serving the connections; 1: the runtime `serve` runs on serves them.
+    workers: usize,
 }
 
 impl TlsServer {
@@ -169,7 +173,15 @@ impl TlsServer {
             http,
             admission,
             shutdown_grace,
+            workers: 1,
         }
+    }
+
+    /// Serves connections on `count` threads of their own ([`workers`]); 1 (the default): on
+    /// the runtime that runs [`TlsServer::serve`].
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = count.max(1);
+        self
     }
 
     /// Serves until `shutdown` completes, then stops accepting and waits up to the grace period
@@ -199,6 +211,17 @@ impl TlsServer {
         let mut accept_errors = AcceptErrors::default();
         let mut per_ip_refusals = Throttle::every(Duration::from_secs(10));
         let mut full = Throttle::every(Duration::from_secs(10));
+        let workers = match self.workers {
+            1 => None,
+            count => match Workers::start(count) {
+                Ok(workers) => Some(workers),
+                Err(e) => {
+                    warn!(error = %e, "cannot start the worker threads ([server] workers); \
+                        serving every connection on the main thread");
+                    None
+                }
+            },
+        };
         tokio::pin!(shutdown);
         loop {
             if connections.available_permits() == 0 && full.hit().is_some() {
@@ -242,17 +265,36 @@ impl TlsServer {
                 source: ip_share.upstream_turns.clone(),
                 proxy: proxy_turns.clone(),
             };
-            let connection = Connection {
+            let accepted = Instant::now();
+            let admission = Admission::new(permit, ip_share);
+            let (http, drain, handler) = (self.http.clone(), drain.clone(), handler.clone());
+            let connection = move |tcp| Connection {
                 tcp,
                 peer,
                 upstream_turns,
-                accepted: Instant::now(),
-                admission: Admission::new(permit, ip_share),
-                http: self.http.clone(),
+                accepted,
+                admission,
+                http,
                 settings,
-                drain: drain.clone(),
+                drain,
             };
-            tokio::spawn(connection.serve(handler.clone()));
+            let Some(workers) = &workers else {
+                tokio::spawn(connection(tcp).serve(handler));
+                continue;
+            };
+            // The socket moves to the worker's own reactor: registered with this runtime's, its
+            // every readiness would have to wake the worker from this thread.
+            match tcp.into_std() {
+                Ok(tcp) => workers.spawn(async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => connection(tcp).serve(handler).await,
+                        Err(e) => {
+                            debug!(%peer, error = %e, "cannot hand the connection to a worker")
+                        }
+                    }
+                }),
+                Err(e) => debug!(%peer, error = %e, "cannot hand the connection to a worker"),
+            }
         }
         drop(listener);
         drop(drain);
