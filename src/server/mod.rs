@@ -405,7 +405,10 @@ impl Connection {
         let tracker = activity.clone();
         let service = service_fn(move |req| {
             let in_flight = tracker.begin();
-            let response = handler(req, info.clone());
+            // On the heap: hyper spawns each HTTP/2 stream's future as a task, and moved by value
+            // the handler's state was copied into it (callgrind: -3.5 % instructions per h2
+            // request, h1 unchanged).
+            let response = Box::pin(handler(req, info.clone()));
             async move {
                 let response = response.await;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
