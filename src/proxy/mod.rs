@@ -399,7 +399,7 @@ fn client_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Prox
         (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one Host header")),
         (host, _) => host
             .map(|h| {
-                valid_host(h.as_bytes(), "the Host header is not a valid host[:port]")
+                checked_host(h.as_bytes(), "the Host header is not a valid host[:port]")
                     .map(|()| h.clone())
             })
             .transpose()?,
@@ -409,7 +409,7 @@ fn client_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Prox
         .authority()
         .map(|a| {
             let invalid = "the request target's authority is not a valid host[:port]";
-            valid_host(a.as_str().as_bytes(), invalid)?;
+            checked_host(a.as_str().as_bytes(), invalid)?;
             HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::BadRequest(invalid))
         })
         .transpose()?;
@@ -428,43 +428,10 @@ fn client_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Prox
     Ok(authority.or(host))
 }
 
-/// `host[:port]` and nothing else: no userinfo (`user:pw@`), no path, a numeric port.
-fn valid_host(value: &[u8], invalid: &'static str) -> Result<(), ProxyError> {
-    if plain_host(value) || authority_host(value) {
-        Ok(())
-    } else {
-        Err(ProxyError::BadRequest(invalid))
-    }
-}
-
-/// The full check: what `http` parses as an authority, without userinfo and with a numeric port
-/// if it has one (IPv6 literals, percent-encoding, the rarer reg-name characters).
-fn authority_host(value: &[u8]) -> bool {
-    std::str::from_utf8(value)
-        .ok()
-        .filter(|h| !h.contains('@'))
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .is_some_and(|a| a.as_str().len() == a.host().len() || a.port_u16().is_some())
-}
-
-/// The common form, checked without parsing or allocating: a DNS name or an IPv4 address, and
-/// an optional port. Everything it accepts the full check accepts too (a property test holds
-/// them together); anything else takes the full check.
-fn plain_host(value: &[u8]) -> bool {
-    let (host, port) = match value.iter().position(|&b| b == b':') {
-        Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
-        None => (value, None),
-    };
-    let port_ok = |port: &[u8]| {
-        (1..=5).contains(&port.len())
-            && port.iter().all(u8::is_ascii_digit)
-            && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= u32::from(u16::MAX)
-    };
-    !host.is_empty()
-        && host
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && port.is_none_or(port_ok)
+fn checked_host(value: &[u8], invalid: &'static str) -> Result<(), ProxyError> {
+    headers::valid_host(value)
+        .then_some(())
+        .ok_or(ProxyError::BadRequest(invalid))
 }
 
 /// A 101 the client did not ask for, or to another protocol than it asked for.
@@ -564,67 +531,4 @@ fn error_response(status: StatusCode) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::{authority_host, plain_host};
-
-    #[test]
-    fn plain_hosts() {
-        for ok in [
-            "localhost",
-            "api.example.com",
-            "10.0.0.1:8443",
-            "a-b:1",
-            "h:65535",
-        ] {
-            assert!(plain_host(ok.as_bytes()), "{ok}");
-            assert!(authority_host(ok.as_bytes()), "{ok}");
-        }
-        // Not plain: left to the full check, which takes the first two.
-        for other in [
-            "[::1]:443",
-            "a_b",
-            "h:65536",
-            "h:",
-            ":80",
-            "",
-            "u@h",
-            "h/p",
-            "h:8a",
-        ] {
-            assert!(!plain_host(other.as_bytes()), "{other}");
-        }
-        for bad in ["h:65536", "h:", "u@h", "h/p", "h:8a", "h:1:2"] {
-            assert!(!authority_host(bad.as_bytes()), "{bad}");
-        }
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
-
-        /// The fast path never accepts what the full check refuses.
-        #[test]
-        fn plain_host_is_a_subset_of_the_full_check(host in "[a-zA-Z0-9.:_@%\\[\\]/ -]{0,12}") {
-            if plain_host(host.as_bytes()) {
-                prop_assert!(authority_host(host.as_bytes()), "{host:?}");
-            }
-        }
-
-        #[test]
-        fn plain_host_accepts_names_with_ports(
-            name in "[a-z0-9][a-z0-9.-]{0,20}",
-            port in proptest::option::of(0u16..=u16::MAX),
-        ) {
-            let host = match port {
-                Some(port) => format!("{name}:{port}"),
-                None => name,
-            };
-            prop_assert!(plain_host(host.as_bytes()), "{host:?}");
-            prop_assert!(authority_host(host.as_bytes()), "{host:?}");
-        }
-    }
 }
