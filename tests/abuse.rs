@@ -595,9 +595,13 @@ async fn descriptors_are_budgeted_and_exhaustion_is_a_503() {
     let mut child = command.spawn().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    eventually("trustgate listening", Duration::from_secs(10), || {
-        log_text().contains("trustgate listening")
-    })
+    // The budget is logged once the gateway is built, after "trustgate listening", by a log
+    // writer of its own: wait for the line itself.
+    eventually(
+        "the descriptor budget logged",
+        Duration::from_secs(10),
+        || log_text().contains("descriptor budget"),
+    )
     .await;
     // 100 descriptors - 64 reserved = 36: 18 for clients, 18 for upstream connections.
     let text = log_text();
