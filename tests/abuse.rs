@@ -17,6 +17,7 @@ use hyper::body::{Body as HttpBody, Frame};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
+use trustgate::server::linger::LINGER_TIME;
 
 const H1: &[&[u8]] = &[b"http/1.1"];
 
@@ -419,6 +420,44 @@ async fn one_host_cannot_take_every_connection() {
         tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_ok(),
         "closed connections give their shares back"
     );
+}
+
+/// A client refused while it keeps sending lingers (tests/failures.rs) and holds its host's share
+/// until its socket is closed. A client cut off for stalling its head does not linger: its share
+/// is back at once.
+#[tokio::test]
+async fn lingering_keeps_the_share_and_a_cut_off_client_does_not_linger() {
+    let pki = TestPki::new();
+    let (backend, _, _) = big_backend(&pki, 1).await;
+    let settings = "[limits]\nmax_connections_per_ip = 1\n[timeouts]\nclient_header = \"300ms\"\n";
+    let proxy = proxy_to(&pki, &backend, settings).await;
+
+    let mut refused = tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.unwrap();
+    let mut head = b"GET /api/ok HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 128 * 1024));
+    refused.write_all(&head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_err(),
+        "a lingering connection holds its share"
+    );
+    tokio::time::sleep(LINGER_TIME).await;
+    let mut stalled = tls_from(&pki, proxy.addr, "127.0.0.1", H1)
+        .await
+        .expect("the share is back once the lingering socket is closed");
+    drop(refused);
+
+    stalled
+        .write_all(b"GET /api/ok HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    closed_within(&mut stalled, Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_ok(),
+        "a client cut off for stalling does not linger"
+    );
+    drop(stalled);
 }
 
 #[tokio::test]

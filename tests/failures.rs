@@ -11,6 +11,7 @@ use http::{Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use trustgate::server::linger::LINGER_TIME;
 
 const H1: &[&[u8]] = &[b"http/1.1"];
 
@@ -362,24 +363,73 @@ async fn malformed_requests_get_400() {
         .await;
 }
 
+/// A request head of `size` bytes, short of its end.
+fn unfinished_head(size: usize) -> Vec<u8> {
+    let mut head = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', size));
+    head
+}
+
+/// A client refused while it is still sending reads why: the proxy sends its 431, shuts its
+/// side and drains what keeps arriving (lingering close). Closed at once, the socket would
+/// answer the client's next write with a reset, and could drop the unsent part of the 431.
 #[tokio::test]
-async fn oversized_request_head_gets_431() {
+async fn oversized_request_head_gets_431_while_the_client_keeps_sending() {
     let pki = TestPki::new();
     let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
     let proxy = api_proxy(&pki, &backend, "").await;
-    let mut request = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
-    request.extend(std::iter::repeat_n(b'a', 128 * 1024));
-    request.extend_from_slice(b"\r\n\r\n");
-    let answer = raw_exchange(&pki, proxy.addr, &request).await;
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(&unfinished_head(128 * 1024)).await.unwrap();
+    // The proxy has answered and closed by now; the client, not reading, sends on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..8 {
+        tls.write_all(&[b'a'; 16 * 1024])
+            .await
+            .expect("what arrives after the answer is drained, not reset");
+    }
+    let answer = read_until_close(&mut tls, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(backend.seen().is_empty());
     // A head under the limit still passes.
-    let mut fine =
-        b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Big: ".to_vec();
-    fine.extend(std::iter::repeat_n(b'a', 16 * 1024));
-    fine.extend_from_slice(b"\r\n\r\n");
+    let mut fine = unfinished_head(16 * 1024);
+    fine.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
     let answer = raw_exchange(&pki, proxy.addr, &fine).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Lingering is bounded: a refused client that never stops sending has its connection closed
+/// after LINGER_TIME when it trickles, and after LINGER_BYTES when it floods.
+#[tokio::test]
+async fn a_refused_client_that_never_stops_sending_is_cut_off() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let proxy = api_proxy(&pki, &backend, "").await;
+
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(&unfinished_head(128 * 1024)).await.unwrap();
+    let refused = tokio::time::Instant::now();
+    let (mut tcp, _) = tls.into_inner();
+    let cut = loop {
+        let lingered = refused.elapsed();
+        assert!(lingered < LINGER_TIME * 3, "still open after {lingered:?}");
+        if tcp.write_all(&[0u8; 1024]).await.is_err() {
+            break lingered;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(cut >= LINGER_TIME * 3 / 4, "closed after {cut:?}");
+
+    let mut tls = raw_tls(&pki, proxy.addr).await;
+    tls.write_all(&unfinished_head(128 * 1024)).await.unwrap();
+    let (mut tcp, _) = tls.into_inner();
+    let chunk = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    // Far more than LINGER_BYTES and every socket buffer on the way; at loopback speed well
+    // within LINGER_TIME, so only the byte bound can stop it.
+    while sent < 256 * 1024 * 1024 && tcp.write_all(&chunk).await.is_ok() {
+        sent += chunk.len();
+    }
+    assert!(sent < 64 * 1024 * 1024, "{sent} bytes drained");
 }
 
 /// The watchdog sleeps through the requests of a busy keep-alive connection (they move its clocks

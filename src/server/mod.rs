@@ -5,6 +5,7 @@
 //! and the test backends all share one accept loop with the same timeouts and shutdown behaviour.
 
 pub mod admission;
+pub mod linger;
 pub mod watchdog;
 pub mod workers;
 
@@ -27,13 +28,14 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use self::admission::{AcceptErrors, Admission, PerIp, Throttle};
+use self::linger::Lingering;
 use self::watchdog::{Activity, Clocks, Tracked, Verdict};
 use self::workers::Workers;
 use crate::config::{Limits, Timeouts};
 use crate::connection::{ClientCert, UpstreamTurns};
 pub use crate::connection::{ConnectionInfo, TunnelGuard};
 use crate::io::OnRead;
-use crate::live::{ClientPeers, Severable};
+use crate::live::{ClientPeers, Peer, Severable};
 use crate::metrics::Metrics;
 use crate::tls::reason::{self, Side};
 use crate::tls::verify::ClientVerifier;
@@ -347,7 +349,7 @@ impl Connection {
         let _ = tcp.set_nodelay(true);
         let clocks = settings.clocks;
         let activity = Activity::new(accepted, clocks);
-        let tcp = Severable::new(tcp, peer);
+        let tcp = Lingering::new(Severable::new(tcp, peer), admission.clone());
         let _open = settings.metrics.as_ref().map(|m| m.client_connection());
         let handshake = tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await;
         if let Some(metrics) = &settings.metrics {
@@ -414,6 +416,7 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         });
+        let socket = tls.get_ref().0.peer().clone();
         let reader = activity.clone();
         let io = TokioIo::new(OnRead::new(tls, move |data: &[u8]| reader.on_read(data)));
         let connection = http.serve_connection_with_upgrades(io, service);
@@ -422,7 +425,7 @@ impl Connection {
         // timers: here only two one-shot orders are polled, and they cost an atomic load each.
         let (finish, mut finish_order) = oneshot::channel();
         let (close, mut close_order) = oneshot::channel();
-        let overseer = tokio::spawn(oversee(activity, clocks, drain, peer, finish, close));
+        let overseer = tokio::spawn(oversee(activity, clocks, drain, socket, finish, close));
         let _overseer = AbortOnDrop(overseer);
         let mut finishing = false;
         loop {
@@ -454,15 +457,17 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs a connection's watchdog and acts on its verdicts: `finish` asks the connection to finish
-/// its requests and close (idle, or the server drains), `close` ends it at once.
+/// its requests and close (idle, or the server drains), `close` ends it at once. A client cut
+/// off for what it did has its socket severed too, so it does not linger ([`linger`]).
 async fn oversee(
     activity: Arc<Activity>,
     clocks: Clocks,
     mut drain: watch::Receiver<bool>,
-    peer: SocketAddr,
+    socket: Arc<Peer>,
     finish: oneshot::Sender<()>,
     close: oneshot::Sender<()>,
 ) {
+    let peer = socket.address;
     let mut finish = Some(finish);
     // Past this, an idle connection that is still finishing is dropped.
     let mut close_by: Option<tokio::time::Instant> = None;
@@ -473,15 +478,18 @@ async fn oversee(
                     Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
                     Verdict::SlowHead => {
                         debug!(%peer, "no complete request head within [timeouts] client_header; closing");
+                        socket.sever();
                         break;
                     }
                     Verdict::NotReading => {
                         info!(%peer, "the client stopped reading its responses ([timeouts] client_send); closing");
+                        socket.sever();
                         break;
                     }
                     Verdict::Resets => {
                         warn!(%peer, budget = watchdog::RESET_BUDGET,
                             "the client cancelled more requests than it let finish (HTTP/2 rapid reset?); closing");
+                        socket.sever();
                         break;
                     }
                 }
