@@ -30,6 +30,7 @@ fn hot_path(c: &mut Criterion) {
         preserve_host: true,
         client_identity: None,
         require_client_cert: false,
+        max_request_body: 1 << 30,
     };
     let request = map(&[
         ("host", "www.example.com"),

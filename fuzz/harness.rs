@@ -58,6 +58,7 @@ pub fn check_routes(routes: &[(&str, &str)], target: &str, location: &str, publi
             preserve_host: i % 2 == 0,
             client_identity: None,
             require_client_cert: false,
+            max_request_body: 1 << 30,
         });
     }
     let table = RouteTable::new(table);
@@ -271,6 +272,7 @@ static HEADER_ROUTE: LazyLock<(Route, Route)> = LazyLock::new(|| {
         preserve_host,
         client_identity: None,
         require_client_cert: false,
+        max_request_body: 1 << 30,
     };
     (route(true), route(false))
 });

@@ -4,7 +4,9 @@
 //! - say when it has been sent in full, so the response timeout measures the upstream's answer,
 //!   not the client's upload (a 10-minute upload is fine; a 10-minute wait for headers is not);
 //! - give up on a client that uploads too slowly ([`UploadPace`]), so a stalled or trickled upload
-//!   cannot hold an upstream connection forever.
+//!   cannot hold an upstream connection forever;
+//! - give up on a body larger than its route allows, counted as it arrives (a declared
+//!   `Content-Length` over the limit is refused before anything is sent).
 //!
 //! [`Streamed`], the upstream's response body sent to the client, holds the client connection's
 //! turn at the upstreams until it ends.
@@ -35,13 +37,17 @@ pub struct UploadPace {
     pub min_rate: u64,
 }
 
-/// The client sent its request body too slowly.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-pub enum BodyStalled {
-    #[error("no request body data arrived for {}", humantime::format_duration(*.0))]
+/// Why the proxy gave up on the client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UploadFailed {
+    #[error("the client stalled: no request body data arrived for {}", humantime::format_duration(*.0))]
     Stopped(Duration),
-    #[error("the request body arrived slower than {0} bytes/s ([limits] min_upload_rate)")]
+    #[error(
+        "the client stalled: the request body arrived slower than {0} bytes/s ([limits] min_upload_rate)"
+    )]
     TooSlow(u64),
+    #[error("the request body is larger than the route allows ({0} bytes, max_request_body)")]
+    TooLarge(u64),
 }
 
 /// The request body as sent upstream.
@@ -54,6 +60,9 @@ pub struct UpstreamBody {
     /// which a single frame was polled is not handed back.
     reclaim: Option<oneshot::Sender<Incoming>>,
     pace: UploadPace,
+    /// The route's `max_request_body`, and the bytes received so far.
+    max_bytes: u64,
+    received: u64,
     /// The upload deadline; created the first time the upstream has to wait, so bodies that
     /// never keep it waiting (an empty GET, most small posts) cost no timer.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -74,9 +83,9 @@ pub struct UpstreamBody {
 #[derive(Debug, Default)]
 struct UploadState {
     polls: AtomicU64,
-    /// Set when the client stalled: an HTTP/2 upstream reports a failed body only as a reset
-    /// stream, so the request path asks here why.
-    stalled: std::sync::OnceLock<BodyStalled>,
+    /// Set when the upload was given up on: an HTTP/2 upstream reports a failed body only as a
+    /// reset stream, so the request path asks here why.
+    failed: std::sync::OnceLock<UploadFailed>,
 }
 
 /// Watches an upload from the request path: done once the body has been sent.
@@ -87,9 +96,9 @@ pub struct UploadWatch {
 }
 
 impl UploadWatch {
-    /// Why the client's upload failed, if it stalled.
-    pub fn stalled(&self) -> Option<BodyStalled> {
-        self.state.stalled.get().copied()
+    /// Why the client's upload was given up on, if it was.
+    pub fn failed(&self) -> Option<UploadFailed> {
+        self.state.failed.get().copied()
     }
 
     /// Completes once the body has been sent; fails when it has not been polled for `limit`
@@ -128,14 +137,17 @@ impl Reclaim {
 }
 
 impl UpstreamBody {
-    /// Wraps `inner` (`None`: no body), with the watch that tells when it has been sent.
-    pub fn new(inner: Option<Incoming>, pace: UploadPace) -> (Self, UploadWatch) {
+    /// Wraps `inner` (`None`: no body), which may bring at most `max_bytes`, with the watch that
+    /// tells when it has been sent.
+    pub fn new(inner: Option<Incoming>, pace: UploadPace, max_bytes: u64) -> (Self, UploadWatch) {
         let (sent, sent_rx) = oneshot::channel();
         let state = Arc::new(UploadState::default());
         let mut body = Self {
             inner,
             reclaim: None,
             pace,
+            max_bytes,
+            received: 0,
             deadline: None,
             credit: 0,
             last_data: None,
@@ -162,6 +174,7 @@ impl UpstreamBody {
                 stall: Duration::from_secs(1),
                 min_rate: 1,
             },
+            0,
         )
         .0
     }
@@ -171,6 +184,12 @@ impl UpstreamBody {
         let (tx, rx) = oneshot::channel();
         self.reclaim = Some(tx);
         Reclaim(rx)
+    }
+
+    /// Records why the upload was given up on, and ends the body with it.
+    fn give_up(&mut self, why: UploadFailed) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.state.failed.set(why);
+        Poll::Ready(Some(Err(why.into())))
     }
 
     fn finish(&mut self) {
@@ -197,9 +216,11 @@ impl UpstreamBody {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -214,6 +235,10 @@ impl Body for UpstreamBody {
         match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let size = frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                this.received += size;
+                if this.received > this.max_bytes {
+                    return this.give_up(UploadFailed::TooLarge(this.max_bytes));
+                }
                 this.credit += size;
                 if size > 0 {
                     this.last_data = Some(Instant::now());
@@ -244,13 +269,11 @@ impl Body for UpstreamBody {
                     let silent = this
                         .last_data
                         .is_none_or(|at| at.elapsed() >= this.pace.stall);
-                    let why = if silent {
-                        BodyStalled::Stopped(this.pace.stall)
+                    this.give_up(if silent {
+                        UploadFailed::Stopped(this.pace.stall)
                     } else {
-                        BodyStalled::TooSlow(this.pace.min_rate)
-                    };
-                    let _ = this.state.stalled.set(why);
-                    Poll::Ready(Some(Err(why.into())))
+                        UploadFailed::TooSlow(this.pace.min_rate)
+                    })
                 } else {
                     Poll::Pending
                 }

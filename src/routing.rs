@@ -202,6 +202,8 @@ pub struct Route {
     pub client_identity: Option<Arc<Identity>>,
     /// Refuse (403) requests whose connection carries no verified client certificate.
     pub require_client_cert: bool,
+    /// Largest request body forwarded, in bytes; larger gets 413.
+    pub max_request_body: u64,
 }
 
 impl Route {
@@ -355,6 +357,7 @@ mod tests {
             preserve_host: true,
             client_identity: None,
             require_client_cert: false,
+            max_request_body: 1 << 30,
         }
     }
 

@@ -71,6 +71,7 @@ impl TrustStatus {
                     },
                     "client_cert": client_cert,
                     "require_client_cert": route.require_client_cert,
+                    "max_request_body": route.max_request_body,
                 });
                 (fixed, balancer)
             })

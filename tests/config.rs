@@ -801,6 +801,53 @@ fn max_connections_must_be_a_sensible_count() {
 }
 
 #[test]
+fn max_request_body_defaults_to_1_gib_and_a_route_may_set_its_own() {
+    let pki = TestPki::new();
+    let (_, loaded) = load(&pki, BASE);
+    let config = loaded.unwrap();
+    assert_eq!(config.limits.max_request_body, 1 << 30);
+    assert_eq!(
+        config.routes.iter().next().unwrap().max_request_body,
+        1 << 30
+    );
+
+    let text = format!("{BASE}max_request_body = 0\n\n[limits]\nmax_request_body = 5000\n");
+    let (_, loaded) = load(&pki, &text);
+    let config = loaded.unwrap();
+    assert_eq!(config.limits.max_request_body, 5000);
+    assert_eq!(config.routes.iter().next().unwrap().max_request_body, 0);
+    assert!(
+        config
+            .summary()
+            .to_string()
+            .contains("bodies up to 0 bytes"),
+        "{}",
+        config.summary()
+    );
+
+    for bad in ["-1", "1125899906842625"] {
+        let text = format!("{BASE}max_request_body = {bad}\n");
+        let (path, problem) = only_problem(&pki, &text);
+        assert_problem(
+            &problem,
+            &path,
+            Some(12),
+            "route[0].max_request_body",
+            "is not a number from 0 to 1125899906842624",
+        );
+        let text = format!("{BASE}\n[limits]\nmax_request_body = {bad}\n");
+        let (path, problem) = only_problem(&pki, &text);
+        assert_problem(
+            &problem,
+            &path,
+            Some(14),
+            "limits.max_request_body",
+            "is not a number from 0 to 1125899906842624",
+        );
+    }
+}
+
+#[test]
 fn workers_default_to_the_cpus_and_must_be_a_sensible_count() {
     let pki = TestPki::new();
     for bad in ["0", "1025"] {

@@ -425,3 +425,109 @@ async fn an_oversized_response_head_is_a_502_on_fresh_and_reused_connections() {
         }
     }
 }
+
+/// A request body in `chunks`, with no declared length: sent chunked over HTTP/1.1, as DATA
+/// frames without `content-length` over HTTP/2.
+struct Unsized(std::collections::VecDeque<bytes::Bytes>);
+
+impl hyper::body::Body for Unsized {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+fn unsized_body(chunks: usize, size: usize) -> Body {
+    use http_body_util::BodyExt;
+    let chunks = (0..chunks).map(|_| bytes::Bytes::from(vec![b'u'; size]));
+    Unsized(chunks.collect())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Request bodies are bounded by `max_request_body`: `[limits]` for every route, a route's own
+/// for that route (0: no body at all). A declared length over it is a 413 before anything
+/// reaches the backend; a body without one (chunked, HTTP/2) is counted as it arrives and cut
+/// off with a 413, so the backend never gets more than the limit.
+#[tokio::test]
+async fn request_bodies_over_max_request_body_get_413() {
+    let pki = TestPki::new();
+    let backend = Backend::recording(&pki.leaf(&["backend-api"]), H1, "api").await;
+    let config = format!(
+        "[limits]\nmax_request_body = 1000\n\n{}{}max_request_body = 100000\n\n{}max_request_body = 0\n",
+        route_to("/api", "backend-api", &backend),
+        route_to("/upload", "backend-api", &backend),
+        route_to("/read-only", "backend-api", &backend),
+    );
+    let proxy = Proxy::start(&pki, &config).await;
+    let post = |path: &str, length: usize| {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes();
+        request.extend(std::iter::repeat_n(b'b', length));
+        request
+    };
+
+    // Declared lengths: over the limit refused before the backend, at the limit forwarded.
+    let answer = raw_exchange(&pki, proxy.addr, &post("/api/x", 5000)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = raw_exchange(&pki, proxy.addr, &post("/read-only/x", 1)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(backend.seen().is_empty());
+    let answer = raw_exchange(&pki, proxy.addr, &post("/api/x", 1000)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = raw_exchange(&pki, proxy.addr, &post("/upload/x", 5000)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        backend
+            .seen()
+            .iter()
+            .map(|s| s.body.len())
+            .collect::<Vec<_>>(),
+        [1000, 5000]
+    );
+    let line = logs().line_with(&["status=413", "route=/read-only"]).await;
+    assert!(
+        line.contains("reason=the request body is larger than the route allows (0 bytes"),
+        "{line}"
+    );
+
+    // Bodies without a declared length, over HTTP/1.1 (chunked) and HTTP/2.
+    for h2 in [false, true] {
+        let request = |path: &str, chunks: usize| {
+            Request::post(proxy.url(path))
+                .body(unsized_body(chunks, 600))
+                .unwrap()
+        };
+        let client = client(&pki, h2);
+        let got = send(&client, request("/api/x", 3)).await;
+        assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE, "h2: {h2}");
+        let got = send(&client, request("/upload/x", 3)).await;
+        assert_eq!(got.status, StatusCode::OK, "h2: {h2}");
+        assert!(got.text().ends_with(&"u".repeat(1800)), "h2: {h2}");
+    }
+    // Of the refused bodies the backend got at most the limit (here nothing: the cut-off body
+    // fails its read), never the whole.
+    let lengths: Vec<usize> = backend
+        .seen()
+        .iter()
+        .skip(2)
+        .map(|s| s.body.len())
+        .collect();
+    assert_eq!(
+        lengths.iter().filter(|&&l| l == 1800).count(),
+        2,
+        "{lengths:?}"
+    );
+    assert!(
+        lengths.iter().all(|&l| l == 1800 || l <= 1000),
+        "{lengths:?}"
+    );
+}

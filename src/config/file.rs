@@ -113,6 +113,7 @@ pub(super) struct LimitsTable {
     pub(super) upstream_per_connection: Option<Spanned<i64>>,
     pub(super) upstream_per_ip: Option<Spanned<i64>>,
     pub(super) min_upload_rate: Option<Spanned<i64>>,
+    pub(super) max_request_body: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +126,7 @@ pub(super) struct RouteEntry {
     pub(super) upstream_client_cert: Option<Spanned<String>>,
     pub(super) upstream_client_key: Option<Spanned<String>>,
     pub(super) require_client_cert: Option<bool>,
+    pub(super) max_request_body: Option<Spanned<i64>>,
     pub(super) addresses: Option<Spanned<Vec<String>>>,
     pub(super) balance: Option<Spanned<String>>,
     pub(super) resolve_interval: Option<Spanned<String>>,

@@ -309,7 +309,7 @@ impl Loader<'_> {
         let timeouts = self.timeouts(&file.timeouts);
         let limits = self.limits(&file.limits);
         let default_identity = upstream_tls.as_ref().and_then(|u| u.identity.clone());
-        let routes = self.routes(file.routes, default_identity, client_auth_on);
+        let routes = self.routes(file.routes, default_identity, client_auth_on, &limits);
         let admin = file.admin.map(|table| self.admin(table));
         Some(Config {
             path: self.path.to_path_buf(),

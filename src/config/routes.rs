@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Loader, file};
+use super::settings::MAX_REQUEST_BODY_CEILING;
+use super::{Limits, Loader, file};
 use crate::routing::{Prefix, Route, RouteTable, Upstream};
 use crate::tls::client::Identity;
 
@@ -14,6 +15,7 @@ impl Loader<'_> {
         entries: Vec<file::RouteEntry>,
         default_identity: Option<Arc<Identity>>,
         client_auth_on: bool,
+        limits: &Limits,
     ) -> Option<RouteTable> {
         if entries.is_empty() {
             self.report(
@@ -58,7 +60,15 @@ impl Loader<'_> {
                 );
                 complete = false;
             }
-            let (Some(prefix), Some(upstream)) = (prefix, upstream) else {
+            let max_request_body = self.count(
+                entry.max_request_body.as_ref(),
+                &key("max_request_body"),
+                0..=MAX_REQUEST_BODY_CEILING,
+                limits.max_request_body,
+            );
+            let (Some(prefix), Some(upstream), Some(max_request_body)) =
+                (prefix, upstream, max_request_body)
+            else {
                 complete = false;
                 continue;
             };
@@ -78,6 +88,7 @@ impl Loader<'_> {
                 preserve_host: entry.preserve_host.unwrap_or(true),
                 client_identity: identity.or_else(|| default_identity.clone()),
                 require_client_cert,
+                max_request_body,
             });
         }
         complete.then(|| RouteTable::new(routes))

@@ -54,7 +54,13 @@ pub struct Limits {
     pub upstream_per_ip: usize,
     /// Slowest request body upload accepted, in bytes per second, averaged over `client_header`.
     pub min_upload_rate: u64,
+    /// Largest request body, in bytes, for routes that set none (Apache's `LimitRequestBody`).
+    pub max_request_body: u64,
 }
+
+/// Most a `max_request_body` may be set to (1 PiB): any real limit fits, and byte counts stay
+/// far from overflowing.
+pub const MAX_REQUEST_BODY_CEILING: u64 = 1 << 50;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -64,6 +70,7 @@ impl Default for Limits {
             upstream_per_connection: 32,
             upstream_per_ip: 256,
             min_upload_rate: 1024,
+            max_request_body: 1 << 30,
         }
     }
 }
@@ -137,6 +144,12 @@ impl Loader<'_> {
                 "limits.min_upload_rate",
                 1..=1 << 30,
                 default.min_upload_rate,
+            ),
+            max_request_body: count(
+                &table.max_request_body,
+                "limits.max_request_body",
+                0..=MAX_REQUEST_BODY_CEILING,
+                default.max_request_body,
             ),
         }
     }

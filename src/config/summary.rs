@@ -96,6 +96,9 @@ impl fmt::Display for Summary<'_> {
             if route.require_client_cert {
                 write!(f, "  client certificate required")?;
             }
+            if route.max_request_body != config.limits.max_request_body {
+                write!(f, "  bodies up to {} bytes", route.max_request_body)?;
+            }
             let global = config.upstream_tls.identity.as_ref().map(|i| i.id);
             if let Some(identity) = &route.client_identity
                 && Some(identity.id) != global
@@ -130,13 +133,14 @@ impl fmt::Display for Summary<'_> {
         write!(
             f,
             "limits: {} connections ({} per IP), {} HTTP/2 streams and {} upstream requests per \
-             connection ({} per IP), uploads at least {} bytes/s",
+             connection ({} per IP), uploads at least {} bytes/s and at most {} bytes",
             config.server.max_connections,
             l.max_connections_per_ip,
             l.h2_max_streams,
             l.upstream_per_connection,
             l.upstream_per_ip,
-            l.min_upload_rate
+            l.min_upload_rate,
+            l.max_request_body
         )?;
         write!(f, "\nworkers: {} runtime thread(s)", config.server.workers)
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::balance::{Failure, NoEndpoint};
+use crate::body::UploadFailed;
 use crate::server::admission::is_resource_exhaustion;
 use crate::server::{MAX_REQUEST_HEAD, MAX_REQUEST_HEADERS};
 use crate::upstream::{ConnectTimeout, TcpConnectError, WriteStalled, describe};
@@ -36,9 +37,10 @@ pub enum ProxyError {
     /// The client's request body failed while it was being sent upstream (the client went away).
     #[error("the client's request body ended early: {}", describe(.0))]
     ClientBody(hyper_util::client::legacy::Error),
-    /// The client stopped sending its request body, or sent it too slowly.
-    #[error("the client stalled: {0}")]
-    ClientStalled(crate::body::BodyStalled),
+    /// The client stopped sending its request body, sent it too slowly, or sent more than its
+    /// route's `max_request_body`.
+    #[error("{0}")]
+    Upload(UploadFailed),
     /// Connecting, the TLS handshake, or the exchange with the upstream failed.
     #[error("{}", describe(.0))]
     Upstream(hyper_util::client::legacy::Error),
@@ -84,7 +86,8 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::ClientCertRequired => StatusCode::FORBIDDEN,
             Self::BadRequest(_) | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
-            Self::ClientStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::Upload(UploadFailed::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Upload(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::TooManyHeaders(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -105,8 +108,8 @@ impl ProxyError {
         let mut client_side = false;
         let mut source = StdError::source(&err);
         while let Some(e) = source {
-            if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
-                return Self::ClientStalled(*stalled);
+            if let Some(failed) = e.downcast_ref::<UploadFailed>() {
+                return Self::Upload(*failed);
             }
             if e.downcast_ref::<TcpConnectError>()
                 .is_some_and(|connect| is_resource_exhaustion(&connect.source))
@@ -145,7 +148,7 @@ pub fn failure(err: &hyper_util::client::legacy::Error) -> Option<Failure> {
     while let Some(e) = source {
         if e.downcast_ref::<TcpConnectError>()
             .is_some_and(|connect| is_resource_exhaustion(&connect.source))
-            || e.downcast_ref::<crate::body::BodyStalled>().is_some()
+            || e.downcast_ref::<UploadFailed>().is_some()
             || e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_user)
         {

@@ -358,6 +358,7 @@ mod tests {
             preserve_host,
             client_identity: None,
             require_client_cert: false,
+            max_request_body: 1 << 30,
         }
     }
 

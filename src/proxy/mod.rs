@@ -20,7 +20,7 @@ use tracing::{info, warn};
 pub use self::error::ProxyError;
 use self::headers::Forwarding;
 use crate::balance::{Balancer, Failure, InFlight};
-use crate::body::{Reclaim, Streamed, UploadPace, UpstreamBody};
+use crate::body::{Reclaim, Streamed, UploadFailed, UploadPace, UpstreamBody};
 use crate::config::{Limits, Timeouts};
 use crate::connection::ConnectionInfo;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -167,6 +167,13 @@ impl Proxy {
         };
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        // A declared length over the limit is refused before anything is sent; a body without
+        // one is counted as it arrives.
+        if body.size_hint().lower() > route.max_request_body {
+            return Err(ProxyError::Upload(UploadFailed::TooLarge(
+                route.max_request_body,
+            )));
+        }
         let client_host = client_host(&parts)?;
         headers::prepare_request(
             &mut parts.headers,
@@ -207,6 +214,7 @@ impl Proxy {
                 &target.balancer,
                 Request::from_parts(parts, body),
                 http1_only,
+                route.max_request_body,
             )
             .await?;
 
@@ -264,12 +272,14 @@ impl Proxy {
     /// that failed before any of it reached an upstream goes to another endpoint, up to the
     /// route's `retries`: after a failed connect or TLS handshake (its body, never polled, comes
     /// back untouched), and, for GET, HEAD and OPTIONS without a body, after the upstream closed
-    /// the connection before any response byte. A body is never replayed.
+    /// the connection before any response byte. A body is never replayed, and is cut off past
+    /// `max_body` bytes.
     async fn exchange(
         &self,
         balancer: &Balancer,
         request: Request<Incoming>,
         http1_only: bool,
+        max_body: u64,
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
         let set = balancer.endpoints();
         let (parts, body) = request.into_parts();
@@ -299,7 +309,8 @@ impl Proxy {
                     .ok_or_else(|| ProxyError::NoEndpoint(balancer.exhausted()))?,
             };
             let in_flight = endpoint.begin();
-            let (mut upstream_body, mut upload) = UpstreamBody::new(body.take(), self.upload_pace);
+            let (mut upstream_body, mut upload) =
+                UpstreamBody::new(body.take(), self.upload_pace, max_body);
             let reclaim = again.is_some().then(|| upstream_body.reclaimable());
             let client: &UpstreamClient = if http1_only {
                 endpoint.pool.http1_client()
@@ -331,9 +342,9 @@ impl Proxy {
                 }
                 Err(err) => err,
             };
-            // An HTTP/2 upstream reports the client's stalled body only as a reset stream.
-            if let Some(stalled) = upload.stalled() {
-                return Err(ProxyError::ClientStalled(stalled));
+            // An HTTP/2 upstream reports the client's failed body only as a reset stream.
+            if let Some(failed) = upload.failed() {
+                return Err(ProxyError::Upload(failed));
             }
             let failure = error::failure(&err);
             if let Some(failure) = failure {

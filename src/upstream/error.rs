@@ -64,7 +64,7 @@ fn known_cause(e: &(dyn std::error::Error + 'static), connecting: bool) -> Optio
     if let Some(tls) = e.downcast_ref::<rustls::Error>() {
         return Some(reason::tls(tls, Side::Upstream));
     }
-    if let Some(stalled) = e.downcast_ref::<crate::body::BodyStalled>() {
+    if let Some(stalled) = e.downcast_ref::<crate::body::UploadFailed>() {
         return Some(stalled.to_string());
     }
     if let Some(timeout) = e.downcast_ref::<ConnectTimeout>() {
