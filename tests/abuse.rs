@@ -443,7 +443,9 @@ async fn lingering_keeps_the_share_and_a_cut_off_client_does_not_linger() {
     let mut head = b"GET /api/ok HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
     head.extend(std::iter::repeat_n(b'a', 128 * 1024));
     refused.write_all(&head).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The proxy answered and shut its side; the client has not closed its own.
+    let answer = read_until_close(&mut refused, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     assert!(
         tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_err(),
         "a lingering connection holds its share"
@@ -464,12 +466,38 @@ async fn lingering_keeps_the_share_and_a_cut_off_client_does_not_linger() {
         .await
         .unwrap();
     closed_within(&mut stalled, Duration::from_secs(3)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        tls_from(&pki, proxy.addr, "127.0.0.1", H1).await.is_ok(),
-        "a client cut off for stalling does not linger"
-    );
+    share_back_before_lingering_ends(&pki, &proxy, "127.0.0.1", "a stalled head").await;
     drop(stalled);
+
+    // Nor does one that stalls its TLS handshake (from a source of its own, whose share nothing
+    // else holds).
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut silent = socket.connect(proxy.addr).await.unwrap();
+    closed_within(&mut silent, Duration::from_secs(3)).await;
+    share_back_before_lingering_ends(&pki, &proxy, "127.0.0.3", "a stalled handshake").await;
+    drop(silent);
+}
+
+/// Connects from `source` until admitted, right after a connection from there was cut off with
+/// its client still holding its socket: that connection must not linger.
+async fn share_back_before_lingering_ends(
+    pki: &TestPki,
+    proxy: &Proxy,
+    source: &str,
+    cut_off: &str,
+) {
+    let cut = Instant::now();
+    loop {
+        if tls_from(pki, proxy.addr, source, H1).await.is_ok() {
+            return;
+        }
+        assert!(
+            cut.elapsed() < LINGER_TIME * 3 / 4,
+            "a connection cut off for {cut_off} lingers"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

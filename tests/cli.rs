@@ -184,7 +184,7 @@ fn check_prints_the_summary_of_a_good_config() {
          tunnel idle 1h; shutdown grace 5s"
             .to_owned(),
         "limits: 10000 connections (256 per IP), 100 HTTP/2 streams and 32 upstream requests \
-         per connection (256 per IP), uploads at least 1024 bytes/s"
+         per connection (256 per IP), uploads at least 1024 bytes/s and at most 1073741824 bytes"
             .to_owned(),
     ] {
         assert!(

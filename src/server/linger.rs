@@ -80,13 +80,19 @@ impl Drop for Lingering {
 /// too, or [`LINGER_TIME`] or [`LINGER_BYTES`] is reached.
 async fn drain(mut stream: Severable, _admission: Arc<Admission>) {
     let _ = stream.shutdown().await;
-    let deadline = tokio::time::Instant::now() + LINGER_TIME;
-    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::sleep(LINGER_TIME);
+    tokio::pin!(deadline);
+    // Small: every connection may linger at once.
+    let mut buf = [0u8; 4096];
     let mut left = LINGER_BYTES;
     while left > 0 {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(read)) if read > 0 => left = left.saturating_sub(read),
-            _ => break,
+        let room = left.min(buf.len());
+        tokio::select! {
+            read = stream.read(&mut buf[..room]) => match read {
+                Ok(read) if read > 0 => left -= read,
+                _ => break,
+            },
+            () = &mut deadline => break,
         }
     }
 }

@@ -350,6 +350,9 @@ impl Connection {
         let clocks = settings.clocks;
         let activity = Activity::new(accepted, clocks);
         let tcp = Lingering::new(Severable::new(tcp, peer), admission.clone());
+        // Severed where the connection is given up on for what the client did (or did not do):
+        // such a socket does not linger.
+        let socket = tcp.peer().clone();
         let _open = settings.metrics.as_ref().map(|m| m.client_connection());
         let handshake = tokio::time::timeout(clocks.client_header, acceptor.accept(tcp)).await;
         if let Some(metrics) = &settings.metrics {
@@ -375,10 +378,12 @@ impl Connection {
                         "client certificate refused; TLS handshake aborted"),
                     None => debug!(%peer, error = %e, "TLS handshake failed"),
                 }
+                socket.sever();
                 return;
             }
             Err(_) => {
                 debug!(%peer, "TLS handshake timed out ([timeouts] client_header)");
+                socket.sever();
                 return;
             }
         };
@@ -394,6 +399,7 @@ impl Connection {
             if let Err(e) = peers.admit(tcp.peer(), owned, accepted_with) {
                 info!(%peer, reason = %reason::tls(&e, Side::Client),
                     "client certificate refused: the client trust changed during the handshake");
+                socket.sever();
                 return;
             }
         }
@@ -416,7 +422,6 @@ impl Connection {
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
             }
         });
-        let socket = tls.get_ref().0.peer().clone();
         let reader = activity.clone();
         let io = TokioIo::new(OnRead::new(tls, move |data: &[u8]| reader.on_read(data)));
         let connection = http.serve_connection_with_upgrades(io, service);
