@@ -101,11 +101,6 @@ async fn endpoint_sample(admin: SocketAddr, name: &str, labels: &[(&str, &str)])
 }
 
 /// A loopback port nothing listens on: connecting to it is refused.
-async fn refused_address() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_spread_over_three_endpoints_by_either_policy() {
     let pki = TestPki::new();
@@ -140,7 +135,8 @@ async fn a_slow_endpoint_gets_fewer_requests_under_least_pending() {
     let slow = Backend::custom(&cert, &[], move |_req, _info| {
         counter.fetch_add(1, Ordering::Relaxed);
         async {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Far slower than a fast answer even in a debug build on a loaded machine.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             Response::new(full("backend:slow"))
         }
     })
@@ -302,10 +298,7 @@ async fn an_endpoint_with_a_wrong_name_is_marked_down_and_gets_no_request() {
     let failures = hammer(&client(&pki, false), &proxy.url("/api/x"), 300, 6).await;
     assert!(failures.is_empty(), "{failures:?}");
     assert!(liar.seen().is_empty(), "the liar got a request");
-    assert_eq!(
-        a.seen().len() + c.seen().len() - health_requests(&a, &c),
-        300
-    );
+    assert_eq!(proxied_requests(&a, &c), 300);
     assert_eq!(
         retries(admin).await,
         before,
@@ -332,11 +325,12 @@ async fn an_endpoint_with_a_wrong_name_is_marked_down_and_gets_no_request() {
 }
 
 /// The health checks the two good backends answered (GET /healthz).
-fn health_requests(a: &Backend, c: &Backend) -> usize {
+/// Requests `a` and `c` got other than health checks (one snapshot each: checks go on).
+fn proxied_requests(a: &Backend, c: &Backend) -> usize {
     [a, c]
         .iter()
         .flat_map(|b| b.seen())
-        .filter(|s| s.uri.path() == "/healthz")
+        .filter(|s| s.uri.path() != "/healthz")
         .count()
 }
 
@@ -464,7 +458,7 @@ async fn a_request_refused_at_connect_goes_to_another_endpoint_body_and_all() {
     let pki = TestPki::new();
     let cert = pki.leaf(&["backend-api"]);
     let good = Backend::recording(&cert, &[], "good").await;
-    let dead = refused_address().await;
+    let (_held, dead) = refusing_address();
     let text = config_text(
         "",
         "",
@@ -601,7 +595,10 @@ async fn active_checks_follow_rise_fall_and_expect() {
         ])
         .await;
     eprintln!("{line}");
-    assert!(checks("status").await >= 2.0, "fall = 2: two failed checks");
+    // The check before the 503 that took it down may have timed out instead (a fresh TLS
+    // handshake within the 100ms), which counts towards `fall` as well.
+    let failed = checks("status").await + checks("timeout").await;
+    assert!(failed >= 2.0, "fall = 2: two failed checks");
     // Out of rotation: requests go to the other endpoint only.
     let before = data.load(Ordering::Relaxed);
     let failures = hammer(&client(&pki, false), &proxy.url("/api/x"), 50, 2).await;

@@ -23,12 +23,7 @@ async fn api_proxy(pki: &TestPki, backend: &Backend, extra: &str) -> Proxy {
 #[tokio::test]
 async fn dead_upstream_is_a_502_naming_the_address() {
     let pki = TestPki::new();
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    // The listener is dropped: nothing listens on `closed` any more.
+    let (_held, closed) = refusing_address();
     let upstream = format!("https://backend-dead:{}/", closed.port());
     let proxy = Proxy::start(&pki, &route_at("/", &upstream, closed)).await;
     let line = bad_gateway(&pki, &proxy, "/x", &upstream).await;
@@ -105,7 +100,7 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let proxy = api_proxy(
         &pki,
         &backend,
-        "[timeouts]\nresponse = \"300ms\"\nclient_header = \"400ms\"\n\n\
+        "[timeouts]\nresponse = \"300ms\"\nclient_header = \"1s\"\n\n\
          [limits]\nmin_upload_rate = 1\n",
     )
     .await;
@@ -115,7 +110,7 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let mut tls = raw_tls(&pki, proxy.addr).await;
     tls.write_all(head).await.unwrap();
     for byte in [b"a", b"b", b"c", b"d", b"e"] {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         tls.write_all(byte).await.unwrap();
     }
     let answer = read_until_close(&mut tls, Duration::from_secs(2)).await;
@@ -131,7 +126,7 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let upstream = format!("upstream=https://backend-api:{}/", backend.port());
     let line = logs().line_with(&[&upstream, "status=408"]).await;
     assert!(
-        line.contains("reason=the client stalled: no request body data arrived for 400ms"),
+        line.contains("reason=the client stalled: no request body data arrived for 1s"),
         "{line}"
     );
 }
@@ -503,6 +498,8 @@ async fn slow_clients_are_cut_off() {
     // A keep-alive connection left idle after a full exchange is closed too (Apache's
     // KeepAliveTimeout), after [timeouts] idle, not the shorter client_header.
     let mut tls = raw_tls(&pki, proxy.addr).await;
+    // Before the request: the idle clock cannot start earlier than this.
+    let started = std::time::Instant::now();
     tls.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
@@ -511,7 +508,6 @@ async fn slow_clients_are_cut_off() {
         .await
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
-    let started = std::time::Instant::now();
     let _ = read_until_close(&mut tls, Duration::from_secs(10)).await;
     let idle_for = started.elapsed();
     assert!(

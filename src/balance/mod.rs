@@ -415,10 +415,12 @@ impl Balancer {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        info!(route = %self.names.route, service = %self.names.service,
-            endpoints = %list(&next), added = %added.join(", "), removed = %removed.join(", "),
-            "upstream endpoints changed");
+        let endpoints = list(&next);
+        // Stored first: whoever reads the line finds the new set in place.
         self.endpoints.store(Arc::new(next));
+        info!(route = %self.names.route, service = %self.names.service,
+            %endpoints, added = %added.join(", "), removed = %removed.join(", "),
+            "upstream endpoints changed");
     }
 
     /// New handshakes verify with `verifier` from now on, in every endpoint's pool and in those

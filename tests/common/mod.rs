@@ -720,6 +720,15 @@ pub fn route_to(prefix: &str, service: &str, backend: &Backend) -> String {
     )
 }
 
+/// An address that refuses connections: bound, never listening. Keep the socket while the
+/// address is in use, so no other test can take the port meanwhile.
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// A `[[route]]` block with `address` pointing at `backend`.
 pub fn route(prefix: &str, upstream: &str, backend: &Backend) -> String {
     route_at(prefix, upstream, backend.addr)
