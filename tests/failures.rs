@@ -100,7 +100,7 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let proxy = api_proxy(
         &pki,
         &backend,
-        "[timeouts]\nresponse = \"300ms\"\nclient_header = \"1s\"\n\n\
+        "[timeouts]\nresponse = \"1s\"\nclient_header = \"2s\"\n\n\
          [limits]\nmin_upload_rate = 1\n",
     )
     .await;
@@ -110,7 +110,7 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let mut tls = raw_tls(&pki, proxy.addr).await;
     tls.write_all(head).await.unwrap();
     for byte in [b"a", b"b", b"c", b"d", b"e"] {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         tls.write_all(byte).await.unwrap();
     }
     let answer = read_until_close(&mut tls, Duration::from_secs(2)).await;
@@ -126,7 +126,7 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     let upstream = format!("upstream=https://backend-api:{}/", backend.port());
     let line = logs().line_with(&[&upstream, "status=408"]).await;
     assert!(
-        line.contains("reason=the client stalled: no request body data arrived for 1s"),
+        line.contains("reason=the client stalled: no request body data arrived for 2s"),
         "{line}"
     );
 }
