@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -83,6 +83,9 @@ pub struct UpstreamBody {
 #[derive(Debug, Default)]
 struct UploadState {
     polls: AtomicU64,
+    /// The last poll found no data from the client: the upstream is waiting for the client, not
+    /// the other way round, so a pause in polls is not the upstream's doing.
+    waiting_for_client: AtomicBool,
     /// Set when the upload was given up on: an HTTP/2 upstream reports a failed body only as a
     /// reset stream, so the request path asks here why.
     failed: std::sync::OnceLock<UploadFailed>,
@@ -101,9 +104,10 @@ impl UploadWatch {
         self.state.failed.get().copied()
     }
 
-    /// Completes once the body has been sent; fails when it has not been polled for `limit`
-    /// (between `limit` and twice that): the upstream stopped reading it. A client that stops
-    /// sending is caught sooner, by [`UploadPace`], whose timer wakes the poller.
+    /// Completes once the body has been sent; fails when, with data to take, it has not been
+    /// polled for `limit` (between `limit` and twice that): the upstream stopped reading it. A
+    /// client that stops sending is the client's doing, caught by [`UploadPace`], whose timer
+    /// wakes the poller, whichever of the two clocks is shorter.
     pub async fn sent(&mut self, limit: Duration) -> Result<(), Duration> {
         // An empty body (a GET) is sent before anything waits: no timer for it.
         if self.sent.try_recv().is_ok() {
@@ -115,7 +119,7 @@ impl UploadWatch {
                 _ = &mut self.sent => return Ok(()),
                 () = tokio::time::sleep(limit) => {
                     let now = self.state.polls.load(Relaxed);
-                    if now == seen {
+                    if now == seen && !self.state.waiting_for_client.load(Relaxed) {
                         return Err(limit);
                     }
                     seen = now;
@@ -246,6 +250,7 @@ impl Body for UpstreamBody {
                 if inner.is_end_stream() {
                     this.finish();
                 }
+                this.state.waiting_for_client.store(false, Relaxed);
                 this.handed_over = Some(Instant::now());
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -275,6 +280,7 @@ impl Body for UpstreamBody {
                         UploadFailed::TooSlow(this.pace.min_rate)
                     })
                 } else {
+                    this.state.waiting_for_client.store(true, Relaxed);
                     Poll::Pending
                 }
             }

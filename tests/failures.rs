@@ -117,7 +117,9 @@ async fn the_response_timeout_starts_after_the_upload_and_a_stalled_upload_is_a_
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("5 bytes"), "{answer}");
 
-    // An upload that stops: the client hears 408 once it has been idle for client_header.
+    // An upload that stops: the client hears 408 once it has been idle for client_header, also
+    // when the response timeout is the shorter clock (the upstream waits for the client then,
+    // not the other way round: no 504).
     let mut tls = raw_tls(&pki, proxy.addr).await;
     tls.write_all(head).await.unwrap();
     tls.write_all(b"ab").await.unwrap();
