@@ -37,6 +37,8 @@ pub struct Lingering {
     admission: Arc<Admission>,
     /// The client closed its side (a read returned end of stream).
     client_closed: bool,
+    /// Our side is shut for writing already (TLS sent its close_notify, then a FIN).
+    write_shut: bool,
 }
 
 impl Lingering {
@@ -46,6 +48,7 @@ impl Lingering {
             peer: stream.peer().clone(),
             stream: Some(stream),
             client_closed: false,
+            write_shut: false,
         }
     }
 
@@ -71,15 +74,17 @@ impl Drop for Lingering {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(drain(stream, self.admission.clone()));
+            runtime.spawn(drain(stream, self.write_shut, self.admission.clone()));
         }
     }
 }
 
-/// Sends a FIN after what is queued, then reads and drops what the client sends until it closes
-/// too, or [`LINGER_TIME`] or [`LINGER_BYTES`] is reached.
-async fn drain(mut stream: Severable, _admission: Arc<Admission>) {
-    let _ = stream.shutdown().await;
+/// Sends a FIN after what is queued (unless one went already), then reads and drops what the
+/// client sends until it closes too, or [`LINGER_TIME`] or [`LINGER_BYTES`] is reached.
+async fn drain(mut stream: Severable, write_shut: bool, _admission: Arc<Admission>) {
+    if !write_shut {
+        let _ = stream.shutdown().await;
+    }
     let deadline = tokio::time::sleep(LINGER_TIME);
     tokio::pin!(deadline);
     // Small: every connection may linger at once.
@@ -142,6 +147,9 @@ impl AsyncWrite for Lingering {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().stream()?.poll_shutdown(cx)
+        let this = self.get_mut();
+        let shut = this.stream()?.poll_shutdown(cx);
+        this.write_shut |= matches!(shut, Poll::Ready(Ok(())));
+        shut
     }
 }
