@@ -38,7 +38,7 @@ pub struct UploadPace {
 }
 
 /// Why the proxy gave up on the client's request body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum UploadFailed {
     #[error("the client stalled: no request body data arrived for {}", humantime::format_duration(*.0))]
     Stopped(Duration),

@@ -440,6 +440,8 @@ async fn upstream_handshakes_are_classified_and_presented_leaves_recorded() {
     assert_eq!(before["generation"], 1);
     assert!(before["routes"][0]["last_leaf"].is_null(), "{before:#}");
     assert!(before["routes"][0]["last_refusal"].is_null());
+    // The default body limit, shown per route.
+    assert_eq!(before["routes"][0]["max_request_body"], 1u64 << 30);
     let client = client(&pki, false);
     for _ in 0..2 {
         assert_eq!(

@@ -825,25 +825,23 @@ fn max_request_body_defaults_to_1_gib_and_a_route_may_set_its_own() {
         config.summary()
     );
 
+    // The route's own key (line 12, in its table), then [limits]' (line 14).
+    let places = [
+        ("", 12, "route[0].max_request_body"),
+        ("\n[limits]\n", 14, "limits.max_request_body"),
+    ];
     for bad in ["-1", "1125899906842625"] {
-        let text = format!("{BASE}max_request_body = {bad}\n");
-        let (path, problem) = only_problem(&pki, &text);
-        assert_problem(
-            &problem,
-            &path,
-            Some(12),
-            "route[0].max_request_body",
-            "is not a number from 0 to 1125899906842624",
-        );
-        let text = format!("{BASE}\n[limits]\nmax_request_body = {bad}\n");
-        let (path, problem) = only_problem(&pki, &text);
-        assert_problem(
-            &problem,
-            &path,
-            Some(14),
-            "limits.max_request_body",
-            "is not a number from 0 to 1125899906842624",
-        );
+        for (table, line, key) in places {
+            let text = format!("{BASE}{table}max_request_body = {bad}\n");
+            let (path, problem) = only_problem(&pki, &text);
+            assert_problem(
+                &problem,
+                &path,
+                Some(line),
+                key,
+                "is not a number from 0 to 1125899906842624",
+            );
+        }
     }
 }
 

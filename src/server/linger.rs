@@ -8,7 +8,9 @@
 //! client did is shut for writing (the response goes out, then a FIN) and drained until the
 //! client closes too, for a bounded time and size. A lingering socket still holds its
 //! connection's [`Admission`]: it counts against `max_connections` and the per-IP limit until
-//! its descriptor is closed.
+//! its descriptor is closed. A connection given up on for what its client did (a handshake that
+//! fails or stalls, a stalled head, responses not read, rapid reset) is severed instead
+//! ([`Peer::sever`]): shut both ways, its drain ends at the first read that finds nothing.
 
 use std::io;
 use std::pin::Pin;

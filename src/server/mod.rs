@@ -483,20 +483,18 @@ async fn oversee(
                     Verdict::Idle => debug!(%peer, "idle connection closed ([timeouts] idle)"),
                     Verdict::SlowHead => {
                         debug!(%peer, "no complete request head within [timeouts] client_header; closing");
-                        socket.sever();
-                        break;
                     }
                     Verdict::NotReading => {
                         info!(%peer, "the client stopped reading its responses ([timeouts] client_send); closing");
-                        socket.sever();
-                        break;
                     }
                     Verdict::Resets => {
                         warn!(%peer, budget = watchdog::RESET_BUDGET,
                             "the client cancelled more requests than it let finish (HTTP/2 rapid reset?); closing");
-                        socket.sever();
-                        break;
                     }
+                }
+                if !matches!(verdict, Verdict::Idle) {
+                    socket.sever();
+                    break;
                 }
                 if let Some(finish) = finish.take() {
                     let _ = finish.send(());
